@@ -1,0 +1,98 @@
+"""Vectorized construction of left-padded sequence windows from a SequenceDataset.
+
+Every model reads the same batch dictionary; a model uses the fields it needs:
+
+  items       (B, L) int64   history item ids, left-padded with 0, oldest -> newest
+  actions     (B, L) int64   action ids of those events (0 on padding)
+  timestamps  (B, L) int64   event times (0 on padding), present when the dataset has them
+  positions   (B, L) int64   index of each event in the user's full sequence (0 on padding)
+  lengths     (B,)   int64   number of real events in the window
+  users       (B,)   int64   user row indices
+  full_len    (B,)   int64   number of events the user had up to the window end
+
+Training windows add the next-event targets, aligned with `items`:
+
+  targets        (B, L) int64  item at t+1 for each position t (0 = no target / padding)
+  target_actions (B, L) int64
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .dataset import EvalSet, SequenceDataset, Split
+
+
+def _gather(ds: SequenceDataset, users: np.ndarray, end_len: np.ndarray, max_len: int) -> dict[str, np.ndarray]:
+    """Windows of the last `max_len` events before position end_len[b] of user users[b]."""
+    users = np.asarray(users, dtype=np.int64)
+    end_len = np.asarray(end_len, dtype=np.int64)
+    starts = np.asarray(ds.offsets[users], dtype=np.int64)
+    ends = starts + end_len  # (B,) exclusive row end
+    ar = np.arange(max_len, dtype=np.int64)
+    rows = ends[:, None] - max_len + ar[None, :]  # (B, L)
+    valid = rows >= starts[:, None]
+    safe = np.where(valid, rows, 0)
+    out = {
+        "items": np.where(valid, np.asarray(ds.items)[safe], 0).astype(np.int64),
+        "actions": np.where(valid, np.asarray(ds.actions)[safe], 0).astype(np.int64),
+        "positions": np.where(valid, rows - starts[:, None], 0),
+        "lengths": valid.sum(1).astype(np.int64),
+        "users": users,
+        "full_len": end_len,
+    }
+    if ds.timestamps is not None:
+        out["timestamps"] = np.where(valid, np.asarray(ds.timestamps)[safe], 0).astype(np.int64)
+    return out
+
+
+def history_batch(ds: SequenceDataset, users: np.ndarray, hist_len: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
+    """The last `max_len` events of each user's visible history (for scoring)."""
+    return {k: torch.from_numpy(v) for k, v in _gather(ds, users, hist_len, max_len).items()}
+
+
+def train_batch(ds: SequenceDataset, users: np.ndarray, train_len: np.ndarray, max_len: int) -> dict[str, torch.Tensor]:
+    """Inputs = the last `max_len` training events but the final one; targets = shifted by one.
+
+    For a user with training events e_1..e_n the window holds inputs e_{n-L}..e_{n-1} and targets
+    e_{n-L+1}..e_n (L = min(max_len, n - 1)); users need n >= 2.
+    """
+    train_len = np.asarray(train_len, dtype=np.int64)
+    inp = _gather(ds, users, train_len - 1, max_len)
+    tgt = _gather(ds, users, train_len, max_len)
+    has = inp["items"] > 0
+    inp["targets"] = np.where(has, tgt["items"], 0)
+    inp["target_actions"] = np.where(has, tgt["actions"], 0)
+    return {k: torch.from_numpy(v) for k, v in inp.items()}
+
+
+class TrainUsers(Dataset):
+    """Map-style dataset over the users that have a training target (train_len >= 2).
+
+    Index it through a DataLoader with `batch_sampler`-style batching: `collate` receives the
+    list of dataset indices and builds the whole batch in one vectorized gather.
+    """
+
+    def __init__(self, ds: SequenceDataset, split: Split, max_len: int):
+        self.ds, self.max_len = ds, max_len
+        self.users = np.nonzero(split.train_len >= 2)[0]
+        self.train_len = split.train_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, i: int) -> int:
+        return int(i)
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        users = self.users[np.asarray(idx, dtype=np.int64)]
+        return train_batch(self.ds, users, self.train_len[users], self.max_len)
+
+
+def eval_batches(ds: SequenceDataset, es: EvalSet, max_len: int, batch_size: int):
+    """Yield (slice into es, history batch) for consecutive chunks of an EvalSet."""
+    for s in range(0, len(es), batch_size):
+        sl = slice(s, min(s + batch_size, len(es)))
+        yield sl, history_batch(ds, es.users[sl], es.hist_len[sl], max_len)
