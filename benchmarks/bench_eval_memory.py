@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Peak memory and time of full-ranking evaluation on a large synthetic catalogue.
+
+usage: python benchmarks/bench_eval_memory.py [--items 1000000] [--users 10000] [--hist 20]
+
+Builds a SequenceDataset with `users` users of `hist` + 1 random events over `items` items, a
+leave-one-out test set, and evaluates a score function returning fresh uniform random float32
+scores (B, items + 1) per chunk, with history masking and top-100 export on (the most work the
+evaluator does). Peak RSS is resource.getrusage(RUSAGE_SELF).ru_maxrss of this process. Prints one
+Markdown table row for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import torch
+
+from crbr.data.dataset import SequenceDataset, leave_one_out, train_item_counts
+from crbr.eval import Evaluator
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--users", type=int, default=10_000)
+    ap.add_argument("--hist", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+
+    rng = np.random.default_rng(a.seed)
+    n = a.hist + 2  # leave-one-out: hist events visible + validation + test
+    E = a.users * n
+    ds = SequenceDataset(
+        offsets=np.arange(0, E + 1, n, dtype=np.int64),
+        items=rng.integers(1, a.items + 1, E).astype(np.int32),
+        actions=np.ones(E, dtype=np.int16),
+        timestamps=None,
+        user_ids=np.arange(a.users).astype(str).astype(object),
+        item_ids=np.concatenate([[""], np.arange(1, a.items + 1).astype(str)]).astype(object),
+        action_names=["<pad>", "click"],
+    )
+    split = leave_one_out(ds)
+    counts = train_item_counts(ds, split)
+    ev = Evaluator(ds, split.test, counts, mask_history=True, export_k=100, split_name="leave_one_out")
+    gen = torch.Generator().manual_seed(a.seed)
+
+    def score_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.rand(len(batch["users"]), a.items + 1, generator=gen)  # (B, I)
+
+    base = rss_mib()
+    t0 = time.perf_counter()
+    res = ev.evaluate(score_fn, export=True)
+    dt = time.perf_counter() - t0
+    peak = rss_mib()
+    print(res)
+    print(
+        f"| eval memory | {a.items:,} items x {a.users:,} users, random scores, history masked, top-100 export "
+        f"| chunk {ev.chunk_users} users ({ev.chunk_users * (a.items + 1) * 4 / 2**20:.0f} MiB scores) "
+        f"| peak RSS {peak / 1024:.2f} GiB (before eval {base / 1024:.2f} GiB) | {dt:.1f} s "
+        f"({a.users / dt:,.0f} users/s) | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs |"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The `crbr` command line.
+
+  crbr data prepare --config configs/sasrec_ml1m.yaml        process + cache a dataset, print its summary
+  crbr train --config configs/sasrec_ml1m.yaml train.lr=5e-4 train a model (also under torchrun)
+  crbr evaluate --checkpoint runs/x/checkpoints/best.safetensors --export-topk top.parquet
+  crbr quickstart                                            the whole job on the embedded synthetic world
+
+Every run is driven by a YAML config (see configs/) plus `section.key=value` overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("crbr")
+
+OVERRIDE_HELP = (
+    "config overrides as section.key=value, values parsed as YAML "
+    "(e.g. train.lr=5e-4 model.hidden=128 eval.mask_history=true data.preprocess.kcore=5)"
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _load(args):
+    from ..config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def _data_and_split(cfg):
+    from ..data.dataset import make_split
+    from ..data.prepare import prepare
+
+    ds = prepare(cfg.data)
+    kw = {"valid_frac": cfg.split.valid_frac, "test_frac": cfg.split.test_frac} if cfg.split.name == "temporal" else {}
+    return ds, make_split(ds, cfg.split.name, **kw)
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_data_prepare(args) -> int:
+    cfg = _load(args)
+    t0 = time.perf_counter()
+    ds, split = _data_and_split(cfg)
+    print(ds.summary())
+    print(split.describe())
+    drops = {k: v for k, v in ds.info.items() if "drop" in k and v}
+    if drops:
+        print("counted drops:", json.dumps(drops, default=str))
+    print(f"ready in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    import torch
+
+    from ..models import build_model
+    from ..train.loop import Trainer
+
+    cfg = _load(args)
+    if args.export_topk:
+        cfg.eval.export_topk = args.export_topk
+    ds, split = _data_and_split(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model_name, cfg.model_params, ds)
+    max_len = getattr(model.config, "max_len", 200)
+    trainer = Trainer(model, ds, split, cfg, max_len=max_len)
+    if trainer.is_main:
+        log.info("%s", ds.summary())
+        log.info("%s", split.describe())
+        n_params = sum(p.numel() for p in model.parameters())
+        log.info("model %s: %s parameters; run dir %s", cfg.model_name, f"{n_params:,}", trainer.run_dir)
+    res = trainer.fit(resume=args.resume)
+    if trainer.is_main:
+        print(f"\n== {cfg.name}: best epoch {res.best_epoch} of {res.epochs_run}, "
+              f"{res.seconds_per_epoch:.1f} s/epoch, peak RSS {res.peak_rss_mb:.0f} MB ==")
+        print("validation:\n" + res.valid.format())
+        print("test:\n" + res.test.format())
+        print(f"results: {trainer.run_dir / 'results.json'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from ..config import ExperimentConfig, from_dict
+    from ..data.dataset import train_item_counts
+    from ..eval.evaluator import Evaluator
+    from ..eval.export import export_topk
+    from ..train.checkpoint import load_model_from_checkpoint
+
+    model, meta = load_model_from_checkpoint(args.checkpoint)
+    cfg = from_dict(ExperimentConfig, meta["experiment"])
+    from ..config import apply_overrides
+
+    if args.overrides:
+        d = apply_overrides(cfg.to_dict(), args.overrides)
+        cfg = from_dict(ExperimentConfig, d)
+    if args.mask_history is not None:
+        cfg.eval.mask_history = args.mask_history
+    ds, split = _data_and_split(cfg)
+    es = split.test if args.split == "test" else split.valid
+    ev = Evaluator(ds, es, train_item_counts(ds, split), ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
+                   max_len=getattr(model.config, "max_len", 200), batch_size=cfg.eval.batch_size, export_k=cfg.eval.export_k)
+    with torch.no_grad():
+        res = ev.evaluate(model.score, export=bool(args.export_topk))
+    print(f"{cfg.name} ({meta.get('model_name')}, {args.checkpoint}) on {args.split}:")
+    print(res.format())
+    if args.export_topk:
+        export_topk(res, ds, args.export_topk)
+        print(f"wrote top-{cfg.eval.export_k} lists of {len(es)} users to {args.export_topk}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from .quickstart import run_quickstart
+
+    return run_quickstart(args)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crbr", description="User modeling and candidate retrieval for recommender systems.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp: argparse.ArgumentParser, required: bool = True) -> None:
+        sp.add_argument("--config", "-c", required=required, help="experiment YAML (see configs/)")
+        sp.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+
+    data = sub.add_parser("data", help="dataset commands")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    prep = dsub.add_parser("prepare", help="load, validate, process and cache the dataset of a config; print its summary")
+    with_config(prep)
+    prep.set_defaults(func=cmd_data_prepare)
+
+    tr = sub.add_parser("train", help="train and test a model (runs under torchrun for DDP)")
+    with_config(tr)
+    tr.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoints/last.pt")
+    tr.add_argument("--export-topk", metavar="FILE", help="write the test top-K lists (original ids) to FILE (.parquet or .csv)")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint with full ranking over the whole catalogue")
+    ev.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by crbr train")
+    ev.add_argument("--split", choices=["test", "valid"], default="test", help="which held-out part to score (default test)")
+    ev.add_argument("--export-topk", metavar="FILE", help="write per user the original user id and ranked top-K original item ids")
+    ev.add_argument("--mask-history", dest="mask_history", action="store_true", default=None,
+                    help="exclude items in the user's history from the ranking")
+    ev.add_argument("--no-mask-history", dest="mask_history", action="store_false", help="rank history items too")
+    ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + "; applied to the config stored in the checkpoint")
+    ev.set_defaults(func=cmd_evaluate)
+
+    qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table")
+    qs.add_argument("--config", "-c", default=None, help="quickstart YAML (default: the packaged synthetic setup)")
+    qs.add_argument("--out", default="runs/quickstart", help="output directory")
+    qs.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    qs.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
+        if args.verbose:
+            raise
+        print(f"crbr: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Experiment configuration: nested dataclasses, loaded from YAML with command-line overrides.
+
+    cfg = load_config("configs/sasrec_ml1m.yaml", ["train.lr=5e-4", "model.hidden=128"])
+
+Overrides are `dotted.path=value` with the value parsed as YAML (so `true`, `1e-3`, `[5, 10]`
+work). Unknown keys are errors that name the key and list the known ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .data.prepare import DataConfig
+
+
+@dataclass
+class SplitConfig:
+    """How events are split: 'leave_one_out' (last = test, second-to-last = validation) or 'temporal'."""
+
+    name: str = "leave_one_out"
+    valid_frac: float = 0.1  # temporal only
+    test_frac: float = 0.1  # temporal only
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128  # users per step (per process under DDP)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    beta2: float = 0.98
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    patience: int = 10  # early stopping: validations without improvement of `monitor`
+    monitor: str = "NDCG@10"  # validation metric that selects the best checkpoint
+    eval_every: int = 1  # epochs between validations
+    seed: int = 42
+    bf16: bool = False  # bf16 autocast (CPU with AVX-512 bf16, or CUDA)
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+    max_minutes: float = 0.0  # wall-clock cap on training; 0 = none
+    progress: bool = True  # tqdm progress bar
+    device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    mask_history: bool = False  # score -inf for items already in the user's visible history
+    batch_size: int = 256
+    export_topk: str | None = None  # write the test top-K lists (original ids) to this .parquet/.csv
+    export_k: int = 100
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "sasrec"})  # name + model settings
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs/{name}"
+
+    @property
+    def model_name(self) -> str:
+        return self.model["name"]
+
+    @property
+    def model_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir.format(name=self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- generic plumbing
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TypeError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(args[0], value, where) if len(args) == 1 else value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        out = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return out if origin is list else tuple(out)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise TypeError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise TypeError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from a (nested) dict, checking names and coercing simple types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = set(d) - names
+    if unknown:
+        raise KeyError(f"{where or cls.__name__}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    kw = {k: _coerce(hints[k], v, f"{where + '.' if where else ''}{k}") for k, v in d.items()}
+    return cls(**kw)
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set `a.b.c=value` entries (value parsed as YAML) into a nested dict, in place."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ValueError(f"override {ov!r}: expected key=value (e.g. train.lr=1e-3)")
+        key, raw = ov.split("=", 1)
+        val = yaml.safe_load(raw) if raw != "" else None
+        node = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {ov!r}: {p!r} is not a section")
+        node[parts[-1]] = val
+    return d
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    d: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        try:
+            d = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: the top level must be a mapping")
+    apply_overrides(d, list(overrides or []))
+    model = d.get("model", {"name": "sasrec"})
+    if not isinstance(model, dict) or "name" not in model:
+        raise ValueError(f"{path or 'config'}: model must be a mapping with a 'name' (e.g. model: {{name: sasrec}})")
+    cfg = from_dict(ExperimentConfig, d)
+    return cfg
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

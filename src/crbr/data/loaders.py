@@ -1,0 +1,673 @@
+"""Readers for interaction logs and item metadata; each returns a `RawEvents` (see schema.py).
+
+Formats (one function each):
+
+- `load_movielens_100k(dir)`  MovieLens 100K: `u.data` = `user \\t item \\t rating \\t unix_ts`;
+  `u.item` = `id|title|release|video_release|url|19 genre flags` (latin-1); `u.genre` = `name|index`.
+- `load_movielens(ratings, items_path)`  MovieLens 1M/10M `ratings.dat` (`UserID::MovieID::Rating::Timestamp`)
+  or 20M/25M/latest `ratings.csv` (header `userId,movieId,rating,timestamp`); item metadata from
+  `movies.dat` (`MovieID::Title::Genres`, genres `|`-joined; latin-1 in 1M, utf-8 in 10M) or
+  `movies.csv` (`movieId,title,genres`, titles quoted when they contain commas).
+- `load_sequences(path)`  one user per line: `user item item ...` (space separated, oldest first),
+  as the S3-Rec / ICLRec Amazon files (Beauty.txt, Yelp.txt, LastFM.txt) and ml-1m_seq.txt. No
+  timestamps: the order is the line order. Optional metadata: `*_item2attributes.json`
+  (`{"item": [attribute ids]}` -> categories "attr:<id>", text "attributes <id> <id> ..."),
+  or a MovieLens movies.dat / movies.csv / u.item.
+- `load_pairs(path)`  SASRec's `user item` file, one event per line, order = file order.
+- `load_table(path, ColumnMap)`  generic CSV / TSV / Parquet with a column mapping; item metadata
+  from `load_item_table(path, ItemColumnMap)` or a per-event category column.
+- `load_taobao(path)`  Taobao UserBehavior.csv (`user,item,category,behavior,timestamp`, no header):
+  `load_table` with the `TAOBAO_COLUMNS` preset; behaviours pv/cart/fav/buy are the actions.
+
+Text files are decoded as utf-8, falling back to latin-1 when that fails.
+
+Bad-input policy (`on_bad_line`, default "error"). A malformed line — wrong number of fields, an
+empty id, a non-numeric rating, a non-integer timestamp, a user line without items, a metadata
+row that cannot be parsed — either raises `ValueError("<file>, line <n>: <what> ...")` naming
+the file, the 1-based line number and the field ("error"), or is dropped, counted in
+`RawEvents.drops["<file name>:<reason>"]` and logged as a warning on the "crbr.data" logger
+("drop"). Blank lines carry no data: they are always skipped, counted (`...:blank_line`) and
+logged, in both modes. A missing column or file is always an error. Metadata for items that are
+not in the log is kept here and counted (then ignored) by `build_dataset`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from .schema import RawEvents, conform_items
+
+log = logging.getLogger("crbr.data")
+
+OnBadLine = Literal["error", "drop"]
+
+# the 19 genres of MovieLens 100K, in u.genre / u.item flag order
+ML100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
+    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
+    "Thriller", "War", "Western",
+)  # fmt: skip
+
+
+@dataclass
+class ColumnMap:
+    """Where the event fields are in a generic table (CSV / TSV / Parquet).
+
+    user, item:        column names (required)
+    timestamp:         integer unix time column, or a datetime string column with
+                       `timestamp_format` (strptime syntax); Parquet datetimes are converted
+    action:            action-name column (kept as is)
+    rating:            numeric rating column (-> like/neutral/dislike when no action column)
+    category:          per-event item category column (-> item metadata categories)
+    separator:         field separator of text files
+    has_header, names: a headerless file needs `names`, the column names in order
+    """
+
+    user: str = "user"
+    item: str = "item"
+    timestamp: str | None = None
+    action: str | None = None
+    rating: str | None = None
+    category: str | None = None
+    timestamp_format: str | None = None
+    separator: str = ","
+    has_header: bool = True
+    names: list[str] | None = None
+
+
+@dataclass
+class ItemColumnMap:
+    """Where the item fields are in a generic item-metadata table (CSV / TSV / Parquet).
+
+    categories is one string column split on `category_separator` (a Parquet list column is
+    used as is); text is a free-text column (title, description).
+    """
+
+    item: str = "item"
+    categories: str | None = None
+    category_separator: str = "|"
+    text: str | None = None
+    separator: str = ","
+    has_header: bool = True
+    names: list[str] | None = None
+
+
+TAOBAO_COLUMNS = ColumnMap(
+    user="user",
+    item="item",
+    category="category",
+    action="behavior",
+    timestamp="timestamp",
+    has_header=False,
+    names=["user", "item", "category", "behavior", "timestamp"],
+)
+
+TAOBAO_ACTIONS = ["pv", "cart", "fav", "buy"]
+
+
+# ============================================================================ low-level text parsing
+def read_text(path: str | Path) -> str:
+    """File contents decoded as utf-8 (BOM stripped), or latin-1 when it is not valid utf-8."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def _check_policy(on_bad_line: str) -> None:
+    if on_bad_line not in ("error", "drop"):
+        raise ValueError(f"on_bad_line must be 'error' or 'drop', got {on_bad_line!r}")
+
+
+class _Reader:
+    """Applies the bad-input policy for one file: raise naming the line, or count-and-drop."""
+
+    def __init__(self, path: Path, on_bad_line: str, drops: dict[str, int], unit: str = "line"):
+        _check_policy(on_bad_line)
+        self.path, self.policy, self.drops, self.unit = Path(path), on_bad_line, drops, unit
+
+    def where(self, row: int) -> str:
+        return f"{self.path}, {self.unit} {row}"
+
+    def count(self, reason: str, n: int, first_row: int | None = None, what: str = "") -> None:
+        """Record `n` skipped lines; blank lines are logged at INFO, bad lines as warnings."""
+        key = f"{self.path.name}:{reason}"
+        self.drops[key] = self.drops.get(key, 0) + n
+        at = f" (first: {self.unit} {first_row}{': ' + what if what else ''})" if first_row is not None else ""
+        level = logging.INFO if reason == "blank_line" else logging.WARNING
+        log.log(level, "%s: skipped %d %s(s): %s%s", self.path, n, self.unit, reason, at)
+
+    def reject(self, df: pl.DataFrame, bad: pl.Series, reason: str, describe) -> pl.DataFrame:
+        """Rows of `df` flagged by the boolean `bad` break the policy; describe(row_dict) -> str."""
+        n_bad = int(bad.sum() or 0)
+        if n_bad == 0:
+            return df
+        first = df.filter(bad).row(0, named=True)
+        what = describe(first)
+        if self.policy == "error":
+            raise ValueError(f"{self.where(first['row'])}: {what} (on_bad_line='drop' skips such {self.unit}s)")
+        self.count(reason, n_bad, first["row"], what)
+        return df.filter(~bad)
+
+    def fail(self, row: int | None, what: str, reason: str) -> bool:
+        """Scalar version for Python-level parsing: raise, or count and return True (= skip it)."""
+        if self.policy == "error":
+            loc = self.where(row) if row is not None else str(self.path)
+            raise ValueError(f"{loc}: {what} (on_bad_line='drop' skips such {self.unit}s)")
+        self.count(reason, 1, row, what)
+        return True
+
+
+def _line_records(path: Path, reader: _Reader, separator: str | None) -> pl.DataFrame:
+    """Non-blank lines of an unquoted text file split into fields.
+
+    Returns columns row (Int64, 1-based line number) and fields (List(Utf8)); separator None
+    splits on runs of whitespace. Blank lines are counted and skipped.
+    """
+    text = read_text(path)
+    lines = pl.Series("text", [text], dtype=pl.Utf8).str.split("\n").explode()
+    df = pl.DataFrame(lines).with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
+    if text.endswith("\n") or text == "":
+        df = df.head(df.height - 1)  # the empty string after the final newline is not a line
+    df = df.with_columns(pl.col("text").str.strip_chars_end("\r"))
+    return _split_records(df, reader, separator)
+
+
+def _split_records(df: pl.DataFrame, reader: _Reader, separator: str | None) -> pl.DataFrame:
+    blank = df["text"].str.strip_chars() == ""
+    if blank.any():
+        reader.count("blank_line", int(blank.sum()), int(df.filter(blank)["row"][0]))
+        df = df.filter(~blank)
+    if separator is None:
+        fields = pl.col("text").str.strip_chars().str.replace_all(r"\s+", " ").str.split(" ")
+    else:
+        fields = pl.col("text").str.split(separator)
+    return df.select("row", fields.alias("fields"))
+
+
+def _csv_records(path: Path, reader: _Reader, separator: str) -> pl.DataFrame:
+    """Like `_line_records` for files with quoted fields (Python's csv module; exact line numbers)."""
+    text = read_text(path)
+    rows, starts = [], []
+    rd = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    prev = 0
+    n_blank, first_blank = 0, None
+    try:
+        for rec in rd:
+            start, prev = prev + 1, rd.line_num
+            if not rec or all(not f.strip() for f in rec) and len(rec) <= 1:
+                n_blank += 1
+                first_blank = first_blank or start
+                continue
+            rows.append(rec)
+            starts.append(start)
+    except csv.Error as e:
+        raise ValueError(f"{reader.where(prev + 1)}: unreadable CSV: {e}") from None
+    if n_blank:
+        reader.count("blank_line", n_blank, first_blank)
+    return pl.DataFrame(
+        {"row": pl.Series(starts, dtype=pl.Int64), "fields": pl.Series(rows, dtype=pl.List(pl.Utf8))}
+    )
+
+
+def _records(path: Path, reader: _Reader, separator: str | None) -> pl.DataFrame:
+    """Records of a delimited text file; the csv engine only when the file contains quotes."""
+    if separator is not None and len(separator) == 1:
+        with open(path, "rb") as f:
+            if b'"' in f.read():
+                return _csv_records(path, reader, separator)
+    return _line_records(path, reader, separator)
+
+
+def _check_field_count(recs: pl.DataFrame, reader: _Reader, n: int, layout: str) -> pl.DataFrame:
+    bad = recs["fields"].list.len() != n
+    return reader.reject(
+        recs, bad, "bad_field_count", lambda r: f"expected {n} fields ({layout}), got {len(r['fields'])}"
+    )
+
+
+def _columns_from_fields(recs: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """(row, fields) -> row + one Utf8 column per name (fields by position)."""
+    return recs.select(
+        "row", *[pl.col("fields").list.get(i, null_on_oob=True).alias(nm) for i, nm in enumerate(names)]
+    )
+
+
+# ============================================================================ typed field checks
+def _typed(df: pl.DataFrame, reader: _Reader, spec: dict[str, str], timestamp_format: str | None = None) -> pl.DataFrame:
+    """Check and cast Utf8 columns in place. spec: column -> kind.
+
+    kinds: "id" (non-empty string, stripped), "int" / "float" (required number), "opt_str"
+    (stripped, empty -> null), "ts" (required unix time, or a datetime with `timestamp_format`).
+    """
+    for col, kind in spec.items():
+        s = df[col].cast(pl.Utf8).str.strip_chars()
+        empty = s.is_null() | (s == "")
+        if kind == "opt_str":
+            df = df.with_columns(pl.when(empty).then(None).otherwise(s).alias(col))
+            continue
+        df = reader.reject(df, empty, f"empty_{col}", lambda r, c=col: f"field '{c}' is empty")
+        s = df[col].cast(pl.Utf8).str.strip_chars()
+        if kind == "id":
+            df = df.with_columns(s.alias(col))
+            continue
+        if kind == "float":
+            v = s.cast(pl.Float64, strict=False)
+            bad, expect = v.is_null() | v.is_nan(), "a number"
+        elif kind == "ts" and timestamp_format:
+            v = s.str.strptime(pl.Datetime("us"), timestamp_format, strict=False).dt.epoch("s")
+            bad, expect = v.is_null(), f"a datetime in format {timestamp_format!r}"
+        elif kind in ("int", "ts"):
+            v = s.str.to_integer(strict=False)
+            bad, expect = v.is_null(), "an integer"
+        else:
+            raise ValueError(f"internal: unknown field kind {kind!r}")
+        df = df.with_columns(v.alias(col))
+        df = reader.reject(
+            df.with_columns(s.alias("__raw")),
+            bad,
+            f"bad_{col}",
+            lambda r, c=col, e=expect: f"field '{c}' is not {e}: {r['__raw']!r}",
+        ).drop("__raw")
+    return df
+
+
+def _events(df: pl.DataFrame, *, timestamps: bool, action: bool, rating: bool) -> pl.DataFrame:
+    """Assemble the EVENT_SCHEMA frame from checked columns named user/item/timestamp/action/rating."""
+    cols = [pl.col("user"), pl.col("item")]
+    cols.append(pl.col("timestamp").cast(pl.Int64) if timestamps else pl.lit(None, dtype=pl.Int64).alias("timestamp"))
+    if action:
+        cols.append(pl.col("action"))
+    elif rating:
+        cols.append(pl.lit(None, dtype=pl.Utf8).alias("action"))  # mapped from the rating by build_dataset
+    else:
+        cols.append(pl.lit("interact").alias("action"))
+    cols.append(pl.col("rating").cast(pl.Float64) if rating else pl.lit(None, dtype=pl.Float64).alias("rating"))
+    cols.append(pl.col("row").cast(pl.Int64))
+    return df.select(cols)
+
+
+# ============================================================================ MovieLens
+def load_movielens_100k(directory: str | Path, *, on_bad_line: OnBadLine = "error", name: str = "ml-100k") -> RawEvents:
+    """MovieLens 100K directory: u.data (events), u.item + u.genre (titles, 19 genres) when present."""
+    d = Path(directory)
+    data = d / "u.data"
+    if not data.is_file():
+        raise FileNotFoundError(f"{data}: MovieLens 100K ratings file not found")
+    drops: dict[str, int] = {}
+    rd = _Reader(data, on_bad_line, drops)
+    recs = _check_field_count(_records(data, rd, "\t"), rd, 4, "user, item, rating, timestamp")
+    df = _columns_from_fields(recs, ["user", "item", "rating", "timestamp"])
+    df = _typed(df, rd, {"user": "id", "item": "id", "rating": "float", "timestamp": "ts"})
+    events = _events(df, timestamps=True, action=False, rating=True)
+    files = [data]
+    items = None
+    if (d / "u.item").is_file():
+        items, meta_files = _ml100k_items(d / "u.item", on_bad_line, drops)
+        files += meta_files
+    return RawEvents(events, items, files, drops, name)
+
+
+def _movie_text(title: str, genres: list[str]) -> str:
+    return f"{title}. Genres: {', '.join(genres)}" if genres else title
+
+
+def _ml100k_items(path: Path, on_bad_line: str, drops: dict[str, int]) -> tuple[pl.DataFrame, list[Path]]:
+    """u.item (`id|title|release|video|url|19 flags`); genre names from the sibling u.genre if any."""
+    files = [path]
+    genres = list(ML100K_GENRES)
+    gpath = path.parent / "u.genre"
+    if gpath.is_file():
+        files.append(gpath)
+        grd = _Reader(gpath, "error", drops)
+        g = _check_field_count(_line_records(gpath, grd, "|"), grd, 2, "name|index")
+        g = _typed(_columns_from_fields(g, ["name", "index"]), grd, {"name": "id", "index": "int"}).sort("index")
+        genres = g["name"].to_list()
+    n_fields = 5 + len(genres)
+    rd = _Reader(path, on_bad_line, drops)
+    recs = _check_field_count(_records(path, rd, "|"), rd, n_fields, f"id|title|release|video release|url|{len(genres)} genre flags")
+    flags = pl.col("fields").list.slice(5)
+    recs = recs.with_columns(flags.alias("flags"))
+    bad = recs["flags"].list.eval(~pl.element().str.strip_chars().is_in(["0", "1"])).list.any()
+    recs = rd.reject(recs, bad, "bad_genre_flags", lambda r: f"genre flags must be 0/1, got {r['flags']}")
+    df = _typed(_columns_from_fields(recs, ["item", "title"]).with_columns(recs["flags"]), rd, {"item": "id", "title": "opt_str"})
+    cats, texts = [], []
+    for title, fl in zip(df["title"].to_list(), df["flags"].to_list()):
+        g = [genres[j] for j, f in enumerate(fl) if f.strip() == "1"]
+        cats.append(g)
+        texts.append(_movie_text(title, g) if title else None)
+    items = pl.DataFrame({"item": df["item"], "categories": pl.Series(cats, dtype=pl.List(pl.Utf8)), "text": pl.Series(texts, dtype=pl.Utf8)})
+    return items, files
+
+
+def load_movielens(
+    ratings_path: str | Path,
+    items_path: str | Path | None = None,
+    *,
+    on_bad_line: OnBadLine = "error",
+    name: str | None = None,
+) -> RawEvents:
+    """MovieLens ratings.dat (1M / 10M, `::`-separated) or ratings.csv (20M / 25M / latest).
+
+    items_path: movies.dat or movies.csv (titles and genres), optional.
+    """
+    path = Path(ratings_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: MovieLens ratings file not found")
+    drops: dict[str, int] = {}
+    if path.suffix.lower() == ".csv":
+        cols = ColumnMap(user="userId", item="movieId", rating="rating", timestamp="timestamp")
+        raw = load_table(path, cols, on_bad_line=on_bad_line, name=name or path.parent.name)
+        events, drops = raw.events, raw.drops
+    else:
+        rd = _Reader(path, on_bad_line, drops)
+        recs = _check_field_count(_records(path, rd, "::"), rd, 4, "UserID::MovieID::Rating::Timestamp")
+        df = _columns_from_fields(recs, ["user", "item", "rating", "timestamp"])
+        df = _typed(df, rd, {"user": "id", "item": "id", "rating": "float", "timestamp": "ts"})
+        events = _events(df, timestamps=True, action=False, rating=True)
+    files = [path]
+    items = None
+    if items_path is not None:
+        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
+        files += meta_files
+    return RawEvents(events, items, files, drops, name or path.parent.name)
+
+
+def _movies_items(path: Path, on_bad_line: str, drops: dict[str, int]) -> pl.DataFrame:
+    """movies.dat (`MovieID::Title::Genres`) or movies.csv (`movieId,title,genres`, with header)."""
+    rd = _Reader(path, on_bad_line, drops)
+    if path.suffix.lower() == ".csv":
+        recs = _records(path, rd, ",")
+        header = [h.strip() for h in recs["fields"][0]] if recs.height else []
+        if header[:3] != ["movieId", "title", "genres"]:
+            raise ValueError(f"{path}, line 1: expected the header movieId,title,genres, got {header}")
+        recs = recs.slice(1)
+        layout = "movieId,title,genres"
+    else:
+        recs = _records(path, rd, "::")
+        layout = "MovieID::Title::Genres"
+    recs = _check_field_count(recs, rd, 3, layout)
+    df = _typed(_columns_from_fields(recs, ["item", "title", "genres"]), rd, {"item": "id", "title": "opt_str", "genres": "opt_str"})
+    cats = (
+        pl.when(pl.col("genres").is_null() | (pl.col("genres") == "(no genres listed)"))
+        .then(pl.lit([], dtype=pl.List(pl.Utf8)))
+        .otherwise(pl.col("genres").str.split("|"))
+    )
+    df = df.with_columns(cats.alias("categories"))
+    texts = [_movie_text(t, g) if t else None for t, g in zip(df["title"].to_list(), df["categories"].to_list())]
+    return df.select("item", "categories").with_columns(pl.Series("text", texts, dtype=pl.Utf8))
+
+
+# ============================================================================ sequences and pairs
+def load_sequences(
+    path: str | Path,
+    *,
+    items_path: str | Path | None = None,
+    on_bad_line: OnBadLine = "error",
+    name: str | None = None,
+) -> RawEvents:
+    """One user per line, `user item item ...` oldest first (S3-Rec/ICLRec, ml-1m_seq.txt).
+
+    No timestamps: the order within a line is the event order. A user id appearing on several
+    lines gets the lines' events concatenated in file order. A line with a user and no items is
+    a bad line ("user ... has no items").
+    items_path: `*_item2attributes.json`, movies.dat, movies.csv or u.item (see load_item_metadata).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sequence file not found")
+    drops: dict[str, int] = {}
+    rd = _Reader(path, on_bad_line, drops)
+    recs = _records(path, rd, None)
+    recs = rd.reject(
+        recs, recs["fields"].list.len() < 2, "empty_user", lambda r: f"user {r['fields'][0]!r} has no items"
+    )
+    df = recs.select(
+        "row",
+        pl.col("fields").list.first().alias("user"),
+        pl.col("fields").list.slice(1).alias("item"),
+    ).explode("item")
+    events = _events(df, timestamps=False, action=False, rating=False)
+    files = [path]
+    items = None
+    if items_path is not None:
+        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
+        files += meta_files
+    return RawEvents(events, items, files, drops, name or path.stem)
+
+
+def load_pairs(
+    path: str | Path,
+    *,
+    items_path: str | Path | None = None,
+    on_bad_line: OnBadLine = "error",
+    name: str | None = None,
+) -> RawEvents:
+    """SASRec's `user item` file (whitespace separated), one event per line; order = file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pairs file not found")
+    drops: dict[str, int] = {}
+    rd = _Reader(path, on_bad_line, drops)
+    recs = _check_field_count(_records(path, rd, None), rd, 2, "user item")
+    df = _columns_from_fields(recs, ["user", "item"])
+    events = _events(df, timestamps=False, action=False, rating=False)
+    files = [path]
+    items = None
+    if items_path is not None:
+        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
+        files += meta_files
+    return RawEvents(events, items, files, drops, name or path.stem)
+
+
+# ============================================================================ item metadata
+def load_item_metadata(
+    path: str | Path,
+    *,
+    columns: ItemColumnMap | None = None,
+    on_bad_line: OnBadLine = "error",
+    drops: dict[str, int] | None = None,
+) -> tuple[pl.DataFrame, list[Path]]:
+    """Item metadata (ITEM_SCHEMA frame) and the files read, by file type.
+
+    `*.json` -> item2attributes; `u.item` -> MovieLens 100K; `*.dat` -> movies.dat; `movies.csv`
+    (without `columns`) -> MovieLens movies.csv; any other CSV/TSV/Parquet -> `load_item_table`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: item metadata file not found")
+    drops = {} if drops is None else drops
+    if path.suffix.lower() == ".json":
+        return _item2attributes(path, on_bad_line, drops), [path]
+    if path.name == "u.item":
+        return _ml100k_items(path, on_bad_line, drops)
+    if path.suffix.lower() == ".dat" or (path.name.lower() == "movies.csv" and columns is None):
+        return _movies_items(path, on_bad_line, drops), [path]
+    return load_item_table(path, columns or ItemColumnMap(), on_bad_line=on_bad_line, drops=drops), [path]
+
+
+def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int]) -> pl.DataFrame:
+    """`{"item_id": [attribute_id, ...]}` -> categories "attr:<id>", text "attributes <id> <id> ..."."""
+    try:
+        obj = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object {{item id: [attribute ids]}}, got {type(obj).__name__}")
+    rd = _Reader(path, on_bad_line, drops, unit="item")
+    ids, cats, texts = [], [], []
+    for key, attrs in obj.items():
+        ok = isinstance(attrs, list) and all(
+            (isinstance(a, int) and not isinstance(a, bool)) or (isinstance(a, str) and a.strip().lstrip("-").isdigit())
+            for a in attrs
+        )
+        if not str(key).strip():
+            rd.fail(None, "an empty item id", "bad_item")
+            continue
+        if not ok:
+            rd.fail(None, f"item {key!r}: attributes must be a list of integers, got {attrs!r}", "bad_attributes")
+            continue
+        a = list(dict.fromkeys(str(int(x)) for x in attrs))  # distinct, first-seen order
+        ids.append(str(key).strip())
+        cats.append([f"attr:{x}" for x in a])
+        texts.append("attributes " + " ".join(a) if a else None)
+    return pl.DataFrame(
+        {"item": pl.Series(ids, dtype=pl.Utf8), "categories": pl.Series(cats, dtype=pl.List(pl.Utf8)), "text": pl.Series(texts, dtype=pl.Utf8)}
+    )
+
+
+def load_item_table(
+    path: str | Path,
+    columns: ItemColumnMap | None = None,
+    *,
+    on_bad_line: OnBadLine = "error",
+    drops: dict[str, int] | None = None,
+) -> pl.DataFrame:
+    """Generic item metadata table (CSV / TSV / Parquet) -> ITEM_SCHEMA frame."""
+    path = Path(path)
+    cm = columns or ItemColumnMap()
+    drops = {} if drops is None else drops
+    wanted = {"item": cm.item}
+    if cm.categories:
+        wanted["categories"] = cm.categories
+    if cm.text:
+        wanted["text"] = cm.text
+    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops)
+    spec = {"item": "id"}
+    if cm.text:
+        spec["text"] = "opt_str"
+    if "categories" in df.columns and df.schema["categories"] == pl.List(pl.Utf8):
+        cats = pl.col("categories")
+    elif cm.categories:
+        spec["categories"] = "opt_str"
+        cats = pl.col("categories").str.split(cm.category_separator)
+    else:
+        cats = pl.lit([], dtype=pl.List(pl.Utf8))
+    df = _typed(df, rd, spec)
+    cats = cats.list.eval(pl.element().str.strip_chars().filter(pl.element().str.strip_chars() != ""))
+    out = df.select("item", pl.coalesce(cats, pl.lit([], dtype=pl.List(pl.Utf8))).alias("categories"))
+    if cm.text:
+        out = out.with_columns(df["text"])
+    return conform_items(out)
+
+
+# ============================================================================ generic tables
+def _read_table(
+    path: Path,
+    wanted: dict[str, str],
+    separator: str,
+    has_header: bool,
+    names: list[str] | None,
+    on_bad_line: str,
+    drops: dict[str, int],
+) -> tuple[pl.DataFrame, _Reader]:
+    """Read the `wanted` columns (target name -> source column) as row + Utf8 columns.
+
+    Parquet columns keep list types (categories); datetime columns become unix seconds.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: table not found")
+    if path.suffix.lower() in (".parquet", ".pq"):
+        rd = _Reader(path, on_bad_line, drops, unit="row")
+        tbl = pl.read_parquet(path)
+        missing = [src for src in wanted.values() if src not in tbl.columns]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; columns are {tbl.columns}")
+        cols = [pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("row")]
+        for dst, src in wanted.items():
+            dt = tbl.schema[src]
+            if dt.is_temporal():
+                cols.append(pl.col(src).cast(pl.Datetime("us")).dt.epoch("s").cast(pl.Utf8).alias(dst))
+            elif isinstance(dt, pl.List):
+                cols.append(pl.col(src).cast(pl.List(pl.Utf8)).alias(dst))
+            elif dt.is_float() and dst == "timestamp":
+                cols.append(
+                    pl.when(pl.col(src) == pl.col(src).round()).then(pl.col(src).cast(pl.Int64, strict=False)).cast(pl.Utf8).alias(dst)
+                )
+            else:
+                cols.append(pl.col(src).cast(pl.Utf8).alias(dst))
+        return tbl.select(cols), rd
+    rd = _Reader(path, on_bad_line, drops)
+    recs = _records(path, rd, separator)
+    if has_header:
+        if recs.height == 0 or recs["row"][0] != 1:
+            raise ValueError(f"{path}, line 1: expected a header line")
+        header = [h.strip() for h in recs["fields"][0]]
+        recs = recs.slice(1)
+    else:
+        if not names:
+            raise ValueError(f"{path}: a file without a header needs the column names (names=[...])")
+        header = list(names)
+    missing = [src for src in wanted.values() if src not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; columns are {header}")
+    recs = _check_field_count(recs, rd, len(header), separator.join(header))
+    pos = {h: i for i, h in enumerate(header)}
+    df = recs.select(
+        "row", *[pl.col("fields").list.get(pos[src], null_on_oob=True).alias(dst) for dst, src in wanted.items()]
+    )
+    return df, rd
+
+
+def load_table(
+    path: str | Path,
+    columns: ColumnMap | None = None,
+    *,
+    items_path: str | Path | None = None,
+    item_columns: ItemColumnMap | None = None,
+    on_bad_line: OnBadLine = "error",
+    name: str | None = None,
+) -> RawEvents:
+    """Generic event table (CSV / TSV / Parquet) with a column mapping.
+
+    Without an action column every event is "interact", or is mapped from the rating column by
+    `RatingThresholds` in build_dataset. Item categories come either from a per-event
+    `columns.category` (the distinct values per item, first-seen order) or from `items_path`
+    (read by `load_item_metadata` with `item_columns`), not both.
+    """
+    path = Path(path)
+    cm = columns or ColumnMap()
+    if cm.category and items_path is not None:
+        raise ValueError(f"{path}: give item categories either per event (columns.category) or in items_path, not both")
+    drops: dict[str, int] = {}
+    wanted = {"user": cm.user, "item": cm.item}
+    spec = {"user": "id", "item": "id"}
+    for dst, kind in (("timestamp", "ts"), ("action", "id"), ("rating", "float"), ("category", "opt_str")):
+        src = getattr(cm, dst)
+        if src:
+            wanted[dst] = src
+            spec[dst] = kind
+    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops)
+    df = _typed(df, rd, spec, cm.timestamp_format)
+    events = _events(df, timestamps=bool(cm.timestamp), action=bool(cm.action), rating=bool(cm.rating))
+    files = [path]
+    items = None
+    if cm.category:
+        items = (
+            df.filter(pl.col("category").is_not_null())
+            .group_by("item", maintain_order=True)
+            .agg(pl.col("category").unique(maintain_order=True).alias("categories"))
+        )
+        items = conform_items(items)
+    elif items_path is not None:
+        items, meta_files = load_item_metadata(items_path, columns=item_columns, on_bad_line=on_bad_line, drops=drops)
+        files += meta_files
+    return RawEvents(events, items, files, drops, name or path.stem)
+
+
+def load_taobao(path: str | Path, *, on_bad_line: OnBadLine = "error", name: str | None = None) -> RawEvents:
+    """Taobao UserBehavior.csv: `user,item,category,behavior,timestamp`, no header (Tianchi 649).
+
+    Actions are the behaviours (pv, cart, fav, buy); categories come from the category column.
+    """
+    return load_table(path, TAOBAO_COLUMNS, on_bad_line=on_bad_line, name=name or "taobao")

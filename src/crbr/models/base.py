@@ -1,0 +1,45 @@
+"""What every model exposes to the generic training loop and the evaluator.
+
+A model is an `nn.Module` with
+
+  loss(batch)  -> LossOutput    training objective on a batch dict from crbr.data.batching
+  score(batch) -> (B, I) tensor scores over the whole catalogue (column 0 = padding)
+  config       a dataclass, saved inside every checkpoint
+
+and is built from its config and the dataset by `crbr.models.build_model`. The training loop
+never looks at a model's name or type.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LossOutput:
+    """loss: scalar tensor to minimize; logs: detached scalars for progress bars and logs."""
+
+    loss: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Recommender(torch.nn.Module, abc.ABC):
+    """Base class: subclasses set `self.config` and implement `loss` and `score`."""
+
+    config: object
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss, logs): lets DistributedDataParallel wrap any model through its forward."""
+        out = self.loss(batch)
+        return out.loss, out.logs
+
+    @abc.abstractmethod
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Training objective on a batch from `crbr.data.batching.train_batch`."""
+
+    @abc.abstractmethod
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, I) scores of every item for each user's history in `batch`."""

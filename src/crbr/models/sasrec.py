@@ -1,0 +1,141 @@
+"""SASRec: self-attentive sequential recommendation (Kang & McAuley, ICDM 2018).
+
+Causal self-attention over the last `max_len` items of a user's history; the hidden state at
+position t scores every item through the (shared) item embedding table. Trained either with
+full-softmax cross-entropy over the whole catalogue (default; "SASRec+" / CE-SASRec of
+Klenitskiy & Vasilev 2023, Petrov & Macdonald 2023) or with the original sampled binary
+cross-entropy (one uniformly sampled negative per position). The loss is computed only on
+non-padded positions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LossOutput, Recommender
+
+
+@dataclass
+class SASRecConfig:
+    """n_items / n_actions are derived from the dataset by `build_model`; the rest are settings."""
+
+    n_items: int = 0  # real items 1..n_items; embedding rows = n_items + 1
+    n_actions: int = 0  # action vocabulary size including padding
+    max_len: int = 200
+    hidden: int = 64
+    n_layers: int = 2
+    n_heads: int = 1
+    ffn_mult: int = 1  # FFN inner size = ffn_mult * hidden (the paper uses hidden)
+    dropout: float = 0.2  # on embeddings, residual branches and the FFN
+    attn_dropout: float | None = None  # on attention weights; None = same as dropout
+    loss: str = "ce"  # "ce" (full softmax) | "bce" (one sampled negative per position)
+    use_actions: bool = False  # add an action-type embedding to each history event
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"SASRecConfig.loss: expected 'ce' or 'bce', got {self.loss!r}")
+        if self.hidden % self.n_heads:
+            raise ValueError(f"SASRecConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
+
+
+class CausalBlock(nn.Module):
+    """Pre-norm block as in the SASRec reference code: x + MHA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d, eps=1e-8)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+        self.p_attn = attn_dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, L, D); mask: (B, 1, L, L) bool, True = may attend
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_attn if self.training else 0.0)
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, L, D)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+
+class SASRec(Recommender):
+    def __init__(self, config: SASRecConfig):
+        super().__init__()
+        self.config = c = config
+        if c.n_items <= 0:
+            raise ValueError("SASRecConfig.n_items must be set (build the model with crbr.models.build_model)")
+        self.item_emb = nn.Embedding(c.n_items + 1, c.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(c.max_len, c.hidden)
+        self.action_emb = nn.Embedding(max(c.n_actions, 1), c.hidden, padding_idx=0) if c.use_actions else None
+        self.emb_drop = nn.Dropout(c.dropout)
+        attn_p = c.dropout if c.attn_dropout is None else c.attn_dropout
+        self.blocks = nn.ModuleList(
+            CausalBlock(c.hidden, c.n_heads, c.ffn_mult * c.hidden, c.dropout, attn_p) for _ in range(c.n_layers)
+        )
+        self.final_ln = nn.LayerNorm(c.hidden, eps=1e-8)
+        self.apply(self._init)
+
+    def _init(self, m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=self.config.init_std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+
+    # ------------------------------------------------------------------ encoder
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Hidden state after each history position: (B, L, D); L = max_len (windows left-padded)."""
+        items = batch["items"]  # (B, L)
+        B, L = items.shape
+        if L > self.config.max_len:
+            raise ValueError(f"window length {L} exceeds SASRecConfig.max_len {self.config.max_len}")
+        keep = items > 0  # (B, L)
+        x = self.item_emb(items) * math.sqrt(self.config.hidden)
+        x = x + self.pos_emb.weight[-L:]  # left-padded: the newest event always has the last position
+        if self.action_emb is not None:
+            x = x + self.action_emb(batch["actions"])
+        x = self.emb_drop(x) * keep.unsqueeze(-1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
+        # attend to earlier real items; padded queries attend to themselves only (no NaN rows)
+        mask = (causal & keep[:, None, :]) | torch.eye(L, dtype=torch.bool, device=items.device)
+        mask = mask.unsqueeze(1)  # (B, 1, L, L)
+        for blk in self.blocks:
+            x = blk(x, mask) * keep.unsqueeze(-1)
+        return self.final_ln(x)
+
+    def user_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, D): the hidden state at the newest history position."""
+        return self.encode(batch)[:, -1]
+
+    # ------------------------------------------------------------------ API
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        h = self.encode(batch)  # (B, L, D)
+        tgt = batch["targets"]  # (B, L)
+        sel = tgt > 0
+        h, tgt = h[sel], tgt[sel]  # (P, D), (P,) only real positions
+        W = self.item_emb.weight  # (I, D)
+        if self.config.loss == "ce":
+            logits = (h @ W[1:].T).float()  # (P, I - 1): real items only, padding never a class
+            loss = F.cross_entropy(logits, tgt - 1)
+        else:
+            neg = torch.randint(1, self.config.n_items + 1, tgt.shape, device=tgt.device)
+            pos_l = (h * W[tgt]).sum(-1).float()
+            neg_l = (h * W[neg]).sum(-1).float()
+            loss = F.binary_cross_entropy_with_logits(
+                torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)])
+            )
+        return LossOutput(loss, {"loss": float(loss.detach()), "positions": float(sel.sum())})
