@@ -54,8 +54,13 @@ def main() -> None:
     ev = Evaluator(ds, split.test, counts, mask_history=True, export_k=100, split_name="leave_one_out")
     gen = torch.Generator().manual_seed(a.seed)
 
+    fn_time = [0.0]
+
     def score_fn(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.rand(len(batch["users"]), a.items + 1, generator=gen)  # (B, I)
+        t = time.perf_counter()
+        out = torch.rand(len(batch["users"]), a.items + 1, generator=gen)  # (B, I)
+        fn_time[0] += time.perf_counter() - t
+        return out
 
     base = rss_mib()
     t0 = time.perf_counter()
@@ -66,8 +71,8 @@ def main() -> None:
     print(
         f"| eval memory | {a.items:,} items x {a.users:,} users, random scores, history masked, top-100 export "
         f"| chunk {ev.chunk_users} users ({ev.chunk_users * (a.items + 1) * 4 / 2**20:.0f} MiB scores) "
-        f"| peak RSS {peak / 1024:.2f} GiB (before eval {base / 1024:.2f} GiB) | {dt:.1f} s "
-        f"({a.users / dt:,.0f} users/s) | torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"| peak RSS {peak / 1024:.2f} GiB (before eval {base / 1024:.2f} GiB) | {dt:.1f} s total, "
+        f"{dt - fn_time[0]:.1f} s in the evaluator ({fn_time[0]:.1f} s generating scores) | torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs |"
     )
 

@@ -213,8 +213,26 @@ def test_target_ranks_ties_and_grouping():
     s = torch.tensor([[-math.inf, 1.0, 2.0, 1.0, 1.0, -math.inf], [-math.inf, 0.0, 0.0, 0.0, 0.0, 0.0]])
     rows, tgt = torch.tensor([0, 0, 0, 0, 1, 1]), torch.tensor([1, 2, 4, 5, 1, 5])
     expected = [2, 1, 4, np.inf, 1, 5]
-    for max_elems in (1, 6, 10_000):
-        np.testing.assert_array_equal(target_ranks(s, rows, tgt, max_elems), expected)
+    np.testing.assert_array_equal(target_ranks(s, rows, tgt, 0, method="rows"), expected)
+    for max_elems in (1, 6, 10_000):  # the vectorized (accelerator) path, in groups of 1, 1 and all rows
+        np.testing.assert_array_equal(target_ranks(s, rows, tgt, max_elems, method="masks"), expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_target_rank_methods_agree_with_a_sort(seed):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randint(0, 4, (9, 30), generator=g).float()
+    s[torch.rand(9, 30, generator=g) < 0.1] = -math.inf
+    s[:, 0] = -math.inf
+    rows = torch.randint(0, 9, (40,), generator=g)
+    tgt = torch.randint(1, 30, (40,), generator=g)
+    want = []
+    for r, t in zip(rows.tolist(), tgt.tolist()):
+        row = s[r].numpy()
+        order = [int(i) for i in np.lexsort((np.arange(30), -row)) if row[i] > -np.inf]
+        want.append(order.index(t) + 1 if t in order else np.inf)
+    np.testing.assert_array_equal(target_ranks(s, rows, tgt, 0, method="rows"), want)
+    np.testing.assert_array_equal(target_ranks(s, rows, tgt, 60, method="masks"), want)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -223,7 +241,7 @@ def test_topk_ordered_repairs_ties_across_the_boundary(seed):
     s = torch.randint(0, 3, (16, 40), generator=g).float()
     s[:, 0] = -math.inf
     s[3, 5:] = -math.inf  # a row with fewer rankable items than k
-    for k in (1, 7, 20):
+    for k in (1, 7, 20, 39, 40):
         vals, idx = topk_ordered(s, k)
         for b in range(16):
             row = s[b].numpy()

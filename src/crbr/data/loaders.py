@@ -168,13 +168,13 @@ class _Reader:
         return True
 
 
-def _line_records(path: Path, reader: _Reader, separator: str | None) -> pl.DataFrame:
+def _line_records(path: Path, reader: _Reader, separator: str | None, text: str | None = None) -> pl.DataFrame:
     """Non-blank lines of an unquoted text file split into fields.
 
     Returns columns row (Int64, 1-based line number) and fields (List(Utf8)); separator None
     splits on runs of whitespace. Blank lines are counted and skipped.
     """
-    text = read_text(path)
+    text = read_text(path) if text is None else text
     lines = pl.Series("text", [text], dtype=pl.Utf8).str.split("\n").explode()
     df = pl.DataFrame(lines).with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
     if text.endswith("\n") or text == "":
@@ -195,9 +195,9 @@ def _split_records(df: pl.DataFrame, reader: _Reader, separator: str | None) -> 
     return df.select("row", fields.alias("fields"))
 
 
-def _csv_records(path: Path, reader: _Reader, separator: str) -> pl.DataFrame:
+def _csv_records(path: Path, reader: _Reader, separator: str, text: str | None = None) -> pl.DataFrame:
     """Like `_line_records` for files with quoted fields (Python's csv module; exact line numbers)."""
-    text = read_text(path)
+    text = read_text(path) if text is None else text
     rows, starts = [], []
     rd = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     prev = 0
@@ -205,7 +205,7 @@ def _csv_records(path: Path, reader: _Reader, separator: str) -> pl.DataFrame:
     try:
         for rec in rd:
             start, prev = prev + 1, rd.line_num
-            if not rec or all(not f.strip() for f in rec) and len(rec) <= 1:
+            if not rec or (len(rec) == 1 and not rec[0].strip()):
                 n_blank += 1
                 first_blank = first_blank or start
                 continue
@@ -222,11 +222,10 @@ def _csv_records(path: Path, reader: _Reader, separator: str) -> pl.DataFrame:
 
 def _records(path: Path, reader: _Reader, separator: str | None) -> pl.DataFrame:
     """Records of a delimited text file; the csv engine only when the file contains quotes."""
-    if separator is not None and len(separator) == 1:
-        with open(path, "rb") as f:
-            if b'"' in f.read():
-                return _csv_records(path, reader, separator)
-    return _line_records(path, reader, separator)
+    text = read_text(path)
+    if separator is not None and len(separator) == 1 and '"' in text:
+        return _csv_records(path, reader, separator, text)
+    return _line_records(path, reader, separator, text)
 
 
 def _check_field_count(recs: pl.DataFrame, reader: _Reader, n: int, layout: str) -> pl.DataFrame:

@@ -86,7 +86,21 @@ def id_order(ids: pl.Series) -> tuple[pl.Series, str]:
 
 
 def _counts(users: np.ndarray, items: np.ndarray) -> dict[str, int]:
-    return {"users": int(len(np.unique(users))), "items": int(len(np.unique(items))), "events": int(len(users))}
+    return {
+        "users": int(np.count_nonzero(np.bincount(users))) if len(users) else 0,
+        "items": int(np.count_nonzero(np.bincount(items))) if len(items) else 0,
+        "events": int(len(users)),
+    }
+
+
+def _compact(codes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense re-coding of non-negative codes < n that keeps their order (np.unique without a sort).
+
+    Returns (kept, new): kept (K,) the distinct codes ascending, new (E,) codes in 0..K-1.
+    """
+    present = np.bincount(codes, minlength=n) > 0
+    new_code = np.cumsum(present) - 1  # (n,)
+    return np.nonzero(present)[0], new_code[codes]
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, user_min: int, item_min: int) -> tuple[np.ndarray, int]:
@@ -152,34 +166,40 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
     has_ts = n_null_ts == 0
     user_order, user_kind = id_order(ev["user"])
     item_order, item_kind = id_order(ev["item"])
-    ev = ev.with_columns(
+    action_id = {a: k for k, a in enumerate(names)}
+    # from here on only integer columns: u, i (codes in the deterministic id order), a, timestamp, row
+    x = ev.select(
         pl.col("user").replace_strict(user_order, pl.int_range(len(user_order), eager=True), return_dtype=pl.Int64).alias("u"),
         pl.col("item").replace_strict(item_order, pl.int_range(len(item_order), eager=True), return_dtype=pl.Int64).alias("i"),
+        pl.col("action").replace_strict(action_id, return_dtype=pl.Int16).alias("a"),
+        "timestamp",
+        "row",
     )
-    ev = ev.sort(["u", "timestamp", "row"] if has_ts else ["u", "row"], maintain_order=True)
-    counts = {"raw": {"users": len(user_order), "items": len(item_order), "events": ev.height}}
+    u_raw = x["u"].to_numpy()
+    row = x["row"].to_numpy()
+    # stable: ties in (user, timestamp, row) keep frame order (the position within a sequence line)
+    order = np.lexsort((row, x["timestamp"].to_numpy(), u_raw) if has_ts else (row, u_raw))
+    x = x[order]
+    counts = {"raw": {"users": len(user_order), "items": len(item_order), "events": x.height}}
 
     # ---- 3. de-duplication
-    if cfg.dedup == "drop_exact" and has_ts:
-        before = ev.height
-        ev = ev.unique(subset=["u", "i", "timestamp", "action"], keep="first", maintain_order=True)
-        drops["duplicate_events"] = before - ev.height
-    elif cfg.dedup == "first":
-        before = ev.height
-        ev = ev.unique(subset=["u", "i"], keep="first", maintain_order=True)
-        drops["repeat_interactions"] = before - ev.height
-    for k in ("duplicate_events", "repeat_interactions"):
-        if drops.get(k):
-            log.info("%s: dedup=%s dropped %d event(s)", src, cfg.dedup, drops[k])
+    dedup_key = {"drop_exact": ["u", "i", "timestamp", "a"], "first": ["u", "i"]}.get(cfg.dedup)
+    if dedup_key is not None and (has_ts or cfg.dedup == "first"):
+        first = x.select(pl.struct(dedup_key).is_first_distinct()).to_series()
+        reason = "duplicate_events" if cfg.dedup == "drop_exact" else "repeat_interactions"
+        drops[reason] = int((~first).sum())
+        if drops[reason]:
+            x = x.filter(first)
+            log.info("%s: dedup=%s dropped %d event(s)", src, cfg.dedup, drops[reason])
 
     # ---- 4. k-core / minimum lengths
-    u = ev["u"].to_numpy()
-    i = ev["i"].to_numpy()
+    u = x["u"].to_numpy()
+    i = x["i"].to_numpy()
     counts["before_filter"] = _counts(u, i)
     user_min = max(cfg.kcore, cfg.min_user_events)
     keep, passes = kcore_mask(u, i, user_min, cfg.kcore)
     if not keep.all():
-        ev = ev.filter(pl.Series(keep))
+        x = x.filter(pl.Series(keep))
         u, i = u[keep], i[keep]
     counts["after_filter"] = _counts(u, i)
     counts["filter_passes"] = passes
@@ -189,17 +209,16 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
         )
 
     # ---- 5. final ids (compacting keeps the deterministic order)
-    kept_u, u_new = np.unique(u, return_inverse=True)  # (U,), (E,)
-    kept_i, i_new = np.unique(i, return_inverse=True)
+    kept_u, u_new = _compact(u, len(user_order))  # (U,), (E,)
+    kept_i, i_new = _compact(i, len(item_order))
     user_ids = np.asarray(user_order.gather(kept_u).to_list(), dtype=object)  # (U,)
     item_ids = np.asarray([""] + item_order.gather(kept_i).to_list(), dtype=object)  # (n_items + 1,)
     n_users, n_items = len(kept_u), len(kept_i)
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(u_new, minlength=n_users), out=offsets[1:])
     items = (i_new + 1).astype(np.int32)  # (E,)
-    action_id = {a: k for k, a in enumerate(names)}
-    actions = ev["action"].replace_strict(action_id, return_dtype=pl.Int16).to_numpy().astype(np.int16)
-    timestamps = ev["timestamp"].to_numpy().astype(np.int64) if has_ts else None
+    actions = x["a"].to_numpy().astype(np.int16)
+    timestamps = x["timestamp"].to_numpy().astype(np.int64) if has_ts else None
 
     # ---- 6. item metadata
     cat_offsets = cat_ids = item_text = None
@@ -232,13 +251,13 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
                 text[c] = t
             item_text = text
 
-    act_counts = dict(ev.group_by("action").len().iter_rows())
+    act_counts = dict(zip(names, np.bincount(actions, minlength=len(names)).tolist()))
     info.update(
         {
             "settings": dataclasses.asdict(cfg),
             "drops": drops,
             "counts": counts,
-            "action_counts": {a: int(act_counts[a]) for a in names[1:] if a in act_counts},
+            "action_counts": {a: int(act_counts[a]) for a in names[1:] if act_counts[a]},
             "id_order": {"users": user_kind, "items": item_kind},
             "timestamps": has_ts,
             "build_seconds": round(time.perf_counter() - t0, 3),

@@ -30,14 +30,12 @@ keep their names. The processed dataset's `action_names` is `["<pad>"] + vocabul
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-log = logging.getLogger("crbr.data")
 
 PAD_ACTION = "<pad>"
 
@@ -74,9 +72,11 @@ class RatingThresholds:
             raise ValueError(f"RatingThresholds: dislike ({self.dislike}) must be below like ({self.like})")
 
     def expr(self, rating: pl.Expr) -> pl.Expr:
-        """Polars expression mapping a Float64 rating expression to the action name (Utf8)."""
+        """Polars expression mapping a Float64 rating expression to the action name (Utf8); null stays null."""
         return (
-            pl.when(rating >= self.like)
+            pl.when(rating.is_null())
+            .then(pl.lit(None, dtype=pl.Utf8))
+            .when(rating >= self.like)
             .then(pl.lit("like"))
             .when(rating <= self.dislike)
             .then(pl.lit("dislike"))

@@ -203,12 +203,14 @@ class Evaluator:
         best_pos = torch.full((self.I,), k_list, dtype=torch.int64)  # best list position per item
         tk_items: list[np.ndarray] = []
         tk_scores: list[np.ndarray] = []
+        buf: torch.Tensor | None = None  # (chunk_users, I) float32, reused by every chunk
 
         with torch.no_grad():
             for sl, batch in eval_batches(self.ds, local, self.max_len, self.chunk_users):
                 users = local.users[sl]
                 B = len(users)
-                scores = self._masked_scores(score_fn(batch), users, local.hist_len[sl])  # (B, I)
+                buf = self._scores_buffer(buf, score_fn(batch), B)
+                scores = self._masked_scores(buf[:B], users, local.hist_len[sl])  # (B, I) float32
                 offs = local.target_offsets[sl.start : sl.stop + 1]
                 tgt = np.asarray(local.target_items[offs[0] : offs[-1]], dtype=np.int64)  # (P,)
                 offs = offs - offs[0]
@@ -227,7 +229,7 @@ class Evaluator:
                 if export:
                     tk_items.append(idx[:, :k_exp].numpy())
                     tk_scores.append(vals[:, :k_exp].cpu().numpy())
-                del scores
+                del scores, batch
 
         n_users, n_targets = float(len(local)), float(len(local.target_items))
         if world > 1:
@@ -270,15 +272,26 @@ class Evaluator:
         keys = [f"{m}@{k}" for m in ("HR", "NDCG", "Recall") for k in self.ks] + ["MRR"]
         return keys + [f"coverage@{k}" for k in self.ks]
 
-    def _masked_scores(self, scores: torch.Tensor, users: np.ndarray, hist_len: np.ndarray) -> torch.Tensor:
-        """Copy to float32 (B, I), check, and set padding (and history items if masked) to -inf."""
-        B = len(users)
+    def _scores_buffer(self, buf: torch.Tensor | None, scores: torch.Tensor, B: int) -> torch.Tensor:
+        """Check score_fn's output and copy it as float32 into the reused chunk buffer.
+
+        The copy leaves the caller's tensor untouched (it may be a view of a cached matrix) and
+        reusing one buffer avoids faulting in a fresh chunk-sized allocation for every chunk.
+        """
         if scores.ndim != 2 or scores.shape != (B, self.I):
             raise ValueError(f"score_fn must return ({B}, {self.I}) scores, got {tuple(scores.shape)}")
         if not scores.is_floating_point():
             raise TypeError(f"score_fn must return float scores, got {scores.dtype}")
-        scores = scores.detach().to(torch.float32, copy=True)
-        if torch.isnan(scores).any():
+        if buf is None or buf.device != scores.device or buf.shape[0] < B:
+            buf = None  # free the old buffer first
+            buf = torch.empty((max(B, self.chunk_users), self.I), dtype=torch.float32, device=scores.device)
+        buf[:B].copy_(scores.detach())
+        return buf
+
+    def _masked_scores(self, scores: torch.Tensor, users: np.ndarray, hist_len: np.ndarray) -> torch.Tensor:
+        """In place on float32 (B, I) scores: reject NaN, set padding (and history items if masked) to -inf."""
+        B = len(users)
+        if B and torch.isnan(scores.amax()):  # amax propagates NaN; one fast reduction
             raise ValueError("score_fn returned NaN scores")
         scores[:, 0] = -math.inf
         if self.mask_history:

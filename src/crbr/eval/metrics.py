@@ -40,27 +40,56 @@ def _check_ks(ks) -> tuple[int, ...]:
     return ks
 
 
+def _row_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(B, I) bool -> (B,) int64 number of True per row (numpy's count_nonzero is far faster on CPU)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.count_nonzero(mask.numpy(), axis=1).astype(np.int64))
+    return mask.sum(1)
+
+
 def target_ranks(
-    scores: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, max_elems: int
+    scores: torch.Tensor,
+    rows: torch.Tensor,
+    targets: torch.Tensor,
+    max_elems: int,
+    method: str | None = None,
 ) -> np.ndarray:
     """Exact 1-based rank of each (row, target) pair, ties broken by lower item id first.
 
     scores:  (B, I) float32, already masked (-inf on padding / masked items), no NaN
     rows:    (P,) int64 row of `scores` of each pair
     targets: (P,) int64 target item id of each pair
-    max_elems: at most this many score entries are compared at once (bounds the temporaries)
+    max_elems: the vectorized method compares at most this many entries at once
+    method:  "rows" (default on CPU): per pair, one pass over the row in numpy,
+                 rank - 1 = #{j < t : s_j >= s_t} + #{j > t : s_j > s_t};
+             "masks" (default on accelerators): the same count from (p, I) comparison masks
+                 for groups of p = max(1, max_elems // I) pairs.
 
     Returns (P,) float64 ranks; +inf where the target's score is -inf (unreachable).
-    Cost: O(P * I) comparisons; pairs are processed in groups of max(1, max_elems // I) rows.
     """
     B, I = scores.shape
     P = rows.shape[0]
-    dev = scores.device
-    rows = rows.to(dev)
-    targets = targets.to(dev)
-    out = torch.empty(P, dtype=torch.int64, device=dev)
     if P == 0:
         return np.zeros(0, dtype=np.float64)
+    if method is None:
+        method = "rows" if scores.device.type == "cpu" else "masks"
+    dev = scores.device
+    if method == "rows":
+        a = scores.cpu().numpy()  # (B, I), a view when scores is on the CPU
+        r_np, t_np = rows.cpu().numpy(), targets.cpu().numpy()
+        ranks = np.empty(P, dtype=np.float64)
+        for p in range(P):
+            row, t = a[r_np[p]], int(t_np[p])
+            v = row[t]
+            if v == -np.inf:
+                ranks[p] = np.inf
+            else:
+                ranks[p] = 1 + np.count_nonzero(row[:t] >= v) + np.count_nonzero(row[t + 1 :] > v)
+        return ranks
+    if method != "masks":
+        raise ValueError(f"method must be 'rows' or 'masks', got {method!r}")
+    rows, targets = rows.to(dev), targets.to(dev)
+    out = torch.empty(P, dtype=torch.int64, device=dev)
     st = scores[rows, targets]  # (P,)
     col = torch.arange(I, device=dev)  # (I,)
     identity = P == B and bool(torch.equal(rows, torch.arange(B, device=dev)))
@@ -71,7 +100,7 @@ def target_ranks(
         v = st[s:e, None]  # (p, 1)
         before = S > v
         before |= (S == v) & (col[None, :] < targets[s:e, None])
-        out[s:e] = before.sum(1)
+        out[s:e] = _row_counts(before)
     ranks = out.to(torch.float64).add_(1)
     ranks[torch.isneginf(st)] = float("inf")
     return ranks.cpu().numpy()
@@ -84,17 +113,23 @@ def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     Returns values (B, k) float32 and ids (B, k) int64. Positions whose score is -inf (fewer than
     k rankable items) hold id 0 and value -inf.
 
-    torch.topk picks an arbitrary subset among items tied at the k-th value; rows where such a
-    tie straddles the k boundary (more items equal to the k-th value exist than were picked) are
-    repaired one by one by taking the lowest ids among the tied items.
+    torch.topk picks an arbitrary subset among items tied at the k-th value. A tie straddles the
+    k boundary exactly when the (k+1)-th largest value equals the k-th, so one topk of k + 1 items
+    detects it without another pass over the scores; those rows are repaired one by one by taking
+    the lowest ids among the tied items.
     """
-    vals, idx = torch.topk(scores, k, dim=1, largest=True, sorted=False)  # (B, k)
+    B, I = scores.shape
+    vals, idx = torch.topk(scores, min(k + 1, I), dim=1, largest=True, sorted=False)  # (B, k+1)
     o = torch.argsort(idx, dim=1)
     idx, vals = idx.gather(1, o), vals.gather(1, o)
     o = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ids stay ascending
     idx, vals = idx.gather(1, o), vals.gather(1, o)
+    if k < I:
+        straddle = (vals[:, k] == vals[:, k - 1]) & ~torch.isneginf(vals[:, k - 1])  # (B,)
+        idx, vals = idx[:, :k].contiguous(), vals[:, :k].contiguous()
+    else:
+        straddle = torch.zeros(B, dtype=torch.bool, device=scores.device)
     kth = vals[:, -1:]  # (B, 1)
-    straddle = ((scores == kth).sum(1) > (vals == kth).sum(1)) & ~torch.isneginf(kth[:, 0])
     for b in torch.nonzero(straddle).flatten().tolist():
         v = kth[b, 0]
         n_gt = int((vals[b] > v).sum())
