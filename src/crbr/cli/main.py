@@ -138,13 +138,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", required=required, help="experiment YAML (see configs/)")
         sp.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
+    from ..config import config_reference
+
+    settings_help = "settings (section.key=default):\n" + config_reference()
+    fmt = argparse.RawDescriptionHelpFormatter
     data = sub.add_parser("data", help="dataset commands")
     dsub = data.add_subparsers(dest="data_command", required=True)
-    prep = dsub.add_parser("prepare", help="load, validate, process and cache the dataset of a config; print its summary")
+    prep = dsub.add_parser("prepare", help="load, validate, process and cache the dataset of a config; print its summary",
+                           epilog=settings_help, formatter_class=fmt)
     with_config(prep)
     prep.set_defaults(func=cmd_data_prepare)
 
-    tr = sub.add_parser("train", help="train and test a model (runs under torchrun for DDP)")
+    tr = sub.add_parser("train", help="train and test a model (runs under torchrun for DDP)", epilog=settings_help,
+                        formatter_class=fmt,
+                        description="Train a model with early stopping on validation, then test the best checkpoint. "
+                                    "Distributed: torchrun --nproc_per_node N -m crbr.cli.main train -c CONFIG")
     with_config(tr)
     tr.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoints/last.pt")
     tr.add_argument("--export-topk", metavar="FILE", help="write the test top-K lists (original ids) to FILE (.parquet or .csv)")
@@ -160,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + "; applied to the config stored in the checkpoint")
     ev.set_defaults(func=cmd_evaluate)
 
-    qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table")
+    qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table",
+                        epilog=settings_help, formatter_class=fmt)
     qs.add_argument("--config", "-c", default=None, help="quickstart YAML (default: the packaged synthetic setup)")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
     qs.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)

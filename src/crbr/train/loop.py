@@ -99,7 +99,8 @@ class Trainer:
         self.is_main = self.dist.rank == 0
         counts = train_item_counts(ds, split)
         mk = lambda es: Evaluator(ds, es, counts, ks=tuple(self.ec.ks), mask_history=self.ec.mask_history,
-                                  max_len=max_len, batch_size=self.ec.batch_size, export_k=self.ec.export_k)
+                                  max_len=max_len, batch_size=self.ec.batch_size, export_k=self.ec.export_k,
+                                  split_name=split.name)
         self.valid_eval = mk(split.valid)
         self.test_eval = mk(split.test)
 
