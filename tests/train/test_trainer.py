@@ -117,3 +117,10 @@ def test_ddp_two_processes_train_and_evaluate(tmp_path):
     line = next(l for l in p2.stdout.splitlines() if l.strip().startswith("10 "))
     hr10 = float(line.split()[1])
     assert hr10 == pytest.approx(res["test"]["HR@10"], abs=1e-4)
+
+
+def test_bf16_autocast_trains_and_evaluates_in_fp32(world, tmp_path):
+    tr, res = fit(world, cfg(tmp_path, epochs=3, bf16=True))
+    assert all(np.isfinite(h["train_loss"]) for h in res.history)
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.test.metrics["NDCG@10"] > 0

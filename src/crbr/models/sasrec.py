@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
+from .losses import full_softmax_ce
 
 
 @dataclass
@@ -34,6 +35,7 @@ class SASRecConfig:
     dropout: float = 0.2  # on embeddings, residual branches and the FFN
     attn_dropout: float | None = None  # on attention weights; None = same as dropout
     loss: str = "ce"  # "ce" (full softmax) | "bce" (one sampled negative per position)
+    ce_chunk: int = 256  # rows per chunk of the full-softmax CE; 0 = plain F.cross_entropy (reference)
     use_actions: bool = False  # add an action-type embedding to each history event
     init_std: float = 0.02
 
@@ -129,8 +131,8 @@ class SASRec(Recommender):
         h, tgt = h[sel], tgt[sel]  # (P, D), (P,) only real positions
         W = self.item_emb.weight  # (I, D)
         if self.config.loss == "ce":
-            logits = (h @ W[1:].T).float()  # (P, I - 1): real items only, padding never a class
-            loss = F.cross_entropy(logits, tgt - 1)
+            # real items only (padding is never a class); chunked so (P, I) logits never exist
+            loss = full_softmax_ce(h, W[1:], tgt - 1, chunk=self.config.ce_chunk)
         else:
             neg = torch.randint(1, self.config.n_items + 1, tgt.shape, device=tgt.device)
             pos_l = (h * W[tgt]).sum(-1).float()

@@ -114,8 +114,8 @@ class Trainer:
         model = self.model
 
         def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            with self._autocast():
-                return model.score({k: v.to(self.device) for k, v in batch.items()}).float()
+            # always fp32: bf16 scores would create ties that the ranking then breaks by item id
+            return model.score({k: v.to(self.device) for k, v in batch.items()}).float()
 
         return score
 

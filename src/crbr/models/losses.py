@@ -1,0 +1,62 @@
+"""Losses shared by the models.
+
+`full_softmax_ce` is cross-entropy over the whole catalogue computed in row chunks: the
+(P, I) logit matrix is never materialized, neither in the forward nor in the backward pass
+(the backward recomputes each chunk's logits). With a small hidden size the logit matmul is
+memory-bound, so keeping one chunk in cache is faster than the plain
+`F.cross_entropy(h @ W.T, t)` and needs O(chunk x I) instead of O(P x I) memory. The plain form
+is the reference it is tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+class _ChunkedSoftmaxCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, W: torch.Tensor, t: torch.Tensor, chunk: int) -> torch.Tensor:
+        # h: (P, D) states, W: (C, D) class embeddings, t: (P,) class ids in [0, C)
+        dev = h.device.type
+        # matmuls run in the autocast dtype when autocast is on (bf16 on CPU), in both passes
+        mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
+        with torch.autocast(dev, enabled=False):
+            hm, Wm = h.to(mm), W.to(mm)
+            P = h.shape[0]
+            acc = torch.promote_types(mm, torch.float32)
+            lse = torch.empty(P, dtype=acc, device=h.device)
+            for s in range(0, P, chunk):
+                lse[s : s + chunk] = torch.logsumexp((hm[s : s + chunk] @ Wm.T).to(acc), dim=1)
+            tgt = (h.to(acc) * W[t].to(acc)).sum(-1)  # (P,) target logits
+        ctx.save_for_backward(hm, Wm, t, lse)
+        ctx.chunk, ctx.dtypes = chunk, (h.dtype, W.dtype)
+        return (lse - tgt).mean()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        hm, Wm, t, lse = ctx.saved_tensors
+        P, chunk = hm.shape[0], ctx.chunk
+        acc = torch.promote_types(hm.dtype, torch.float32)  # accumulate in >= fp32
+        gh = torch.empty(hm.shape, dtype=acc, device=hm.device)
+        gW = torch.zeros(Wm.shape, dtype=acc, device=Wm.device)
+        scale = g.to(acc) / P
+        for s in range(0, P, chunk):
+            hc, tc = hm[s : s + chunk], t[s : s + chunk]
+            p = torch.exp((hc @ Wm.T).to(acc) - lse[s : s + chunk, None])  # (c, C) softmax
+            p[torch.arange(len(tc), device=p.device), tc] -= 1.0
+            p = (p * scale).to(hm.dtype)
+            gh[s : s + chunk] = p @ Wm
+            gW += (p.T @ hc).to(acc)
+        return gh.to(ctx.dtypes[0]), gW.to(ctx.dtypes[1]), None, None
+
+
+def full_softmax_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Mean cross-entropy of softmax(h @ W.T) against `targets`.
+
+    h: (P, D), W: (C, D), targets: (P,) in [0, C). chunk <= 0 uses the plain reference form.
+    """
+    if chunk <= 0:
+        logits = h @ W.T
+        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
+    return _ChunkedSoftmaxCE.apply(h, W, targets, chunk)
