@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import crbr.data.prepare as prep
 from crbr.data.loaders import ColumnMap
 from crbr.data.prepare import KNOWN_DATASETS, DataConfig, cache_key, prepare
 from crbr.data.preprocess import PreprocessConfig
+
+prep = importlib.import_module("crbr.data.prepare")  # the module (crbr.data.prepare is also the function)
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not present")
