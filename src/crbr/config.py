@@ -32,7 +32,8 @@ class SplitConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 200
-    batch_size: int = 128  # users per step (per process under DDP)
+    batch_size: int = 128  # training windows per step (per process under DDP)
+    windows: str = "last"  # "last": each user's newest max_len events; "all": every event is a target once per epoch
     lr: float = 1e-3
     weight_decay: float = 0.0
     beta2: float = 0.98
@@ -46,6 +47,10 @@ class TrainConfig:
     max_minutes: float = 0.0  # wall-clock cap on training; 0 = none
     progress: bool = True  # tqdm progress bar
     device: str = "auto"  # "auto" | "cpu" | "cuda"
+
+    def __post_init__(self) -> None:
+        if self.windows not in ("last", "all"):
+            raise ValueError(f"train.windows: expected 'last' or 'all', got {self.windows!r}")
 
 
 @dataclass

@@ -91,3 +91,18 @@ def test_validate_names_the_broken_field():
     ds.items[0] = 99
     with pytest.raises(ValueError, match="items"):
         ds.validate()
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6), L=st.integers(1, 8))
+def test_all_windows_make_every_training_event_a_target_once(lengths, L):
+    ds = toy(tuple(lengths))
+    sp = leave_one_out(ds)
+    win = TrainUsers(ds, sp, L, stride=L)
+    b = win.collate(list(range(len(win))))
+    for u in range(ds.n_users):
+        n = int(sp.train_len[u])
+        rows = np.nonzero(b["users"].numpy() == u)[0]
+        got = sorted(int(p) for r in rows for p, t in zip(b["positions"][r], b["targets"][r]) if t > 0)
+        # targets are events 1..n-1 (event 0 has no predecessor) -> their input positions 0..n-2
+        assert got == list(range(max(n - 1, 0))), (u, n, got)

@@ -69,16 +69,33 @@ def train_batch(ds: SequenceDataset, users: np.ndarray, train_len: np.ndarray, m
 
 
 class TrainUsers(Dataset):
-    """Map-style dataset over the users that have a training target (train_len >= 2).
+    """Map-style dataset of training windows.
 
-    Index it through a DataLoader with `batch_sampler`-style batching: `collate` receives the
-    list of dataset indices and builds the whole batch in one vectorized gather.
+    stride = 0:  one window per user with train_len >= 2: the newest `max_len` training events
+                 (the SASRec paper's sampling).
+    stride = k:  also windows ending k, 2k, ... events earlier (while at least 2 events remain),
+                 so with k = max_len every training event is a target exactly once per epoch
+                 and long histories are not cut to their last `max_len` events.
+
+    A DataLoader passes lists of indices to `collate`, which builds the whole batch in one
+    vectorized gather.
     """
 
-    def __init__(self, ds: SequenceDataset, split: Split, max_len: int):
+    def __init__(self, ds: SequenceDataset, split: Split, max_len: int, stride: int = 0):
+        if stride < 0:
+            raise ValueError(f"window stride must be >= 0, got {stride}")
         self.ds, self.max_len = ds, max_len
-        self.users = np.nonzero(split.train_len >= 2)[0]
-        self.train_len = split.train_len
+        train_len = np.asarray(split.train_len, dtype=np.int64)
+        users = np.nonzero(train_len >= 2)[0]
+        if stride == 0:
+            self.users, self.ends = users, train_len[users]
+        else:
+            # windows per user: ends train_len, train_len - stride, ... >= 2
+            n_win = (train_len[users] - 2) // stride + 1  # (U',)
+            self.users = np.repeat(users, n_win)
+            first = np.repeat(np.cumsum(n_win) - n_win, n_win)
+            k = np.arange(len(self.users)) - first  # window index within its user
+            self.ends = train_len[self.users] - k * stride
 
     def __len__(self) -> int:
         return len(self.users)
@@ -87,8 +104,8 @@ class TrainUsers(Dataset):
         return int(i)
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
-        users = self.users[np.asarray(idx, dtype=np.int64)]
-        return train_batch(self.ds, users, self.train_len[users], self.max_len)
+        idx = np.asarray(idx, dtype=np.int64)
+        return train_batch(self.ds, self.users[idx], self.ends[idx], self.max_len)
 
 
 def eval_batches(ds: SequenceDataset, es: EvalSet, max_len: int, batch_size: int):
