@@ -94,11 +94,12 @@ def test_validate_names_the_broken_field():
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6), L=st.integers(1, 8))
-def test_all_windows_make_every_training_event_a_target_once(lengths, L):
+@given(lengths=st.lists(st.integers(1, 30), min_size=1, max_size=6), L=st.integers(1, 8), data=st.data())
+def test_all_windows_make_every_training_event_a_target_once(lengths, L, data):
     ds = toy(tuple(lengths))
     sp = leave_one_out(ds)
-    win = TrainUsers(ds, sp, L, stride=L)
+    stride = data.draw(st.integers(1, L))
+    win = TrainUsers(ds, sp, L, stride=stride)
     b = win.collate(list(range(len(win))))
     for u in range(ds.n_users):
         n = int(sp.train_len[u])
@@ -106,3 +107,13 @@ def test_all_windows_make_every_training_event_a_target_once(lengths, L):
         got = sorted(int(p) for r in rows for p, t in zip(b["positions"][r], b["targets"][r]) if t > 0)
         # targets are events 1..n-1 (event 0 has no predecessor) -> their input positions 0..n-2
         assert got == list(range(max(n - 1, 0))), (u, n, got)
+
+
+def test_overlapping_windows_give_each_target_its_full_context():
+    ds = toy((12,))  # items 1..9, 1, 2, 3; train_len = 10
+    sp = leave_one_out(ds)
+    win = TrainUsers(ds, sp, max_len=6, stride=2)
+    b = win.collate(list(range(len(win))))
+    # windows end at 10, 8, 6, 4, 2 events; only the newest 2 positions carry targets
+    assert b["targets"][0].tolist() == [0, 0, 0, 0, 9, 1] and b["items"][0].tolist() == [4, 5, 6, 7, 8, 9]
+    assert b["targets"][1].tolist() == [0, 0, 0, 0, 7, 8] and b["items"][1].tolist() == [2, 3, 4, 5, 6, 7]

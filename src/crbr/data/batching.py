@@ -72,10 +72,12 @@ class TrainUsers(Dataset):
     """Map-style dataset of training windows.
 
     stride = 0:  one window per user with train_len >= 2: the newest `max_len` training events
-                 (the SASRec paper's sampling).
-    stride = k:  also windows ending k, 2k, ... events earlier (while at least 2 events remain),
-                 so with k = max_len every training event is a target exactly once per epoch
-                 and long histories are not cut to their last `max_len` events.
+                 (the SASRec paper's sampling); every position of the window is a target.
+    stride = k:  windows ending at train_len, train_len - k, train_len - 2k, ... (while at least
+                 2 events remain); each window's targets are only its newest k events, so every
+                 training event is a target exactly once per epoch, and with k < max_len each
+                 target sees at least max_len - k events of context when the user has them.
+                 k = max_len gives non-overlapping windows (the cheapest full pass).
 
     A DataLoader passes lists of indices to `collate`, which builds the whole batch in one
     vectorized gather.
@@ -84,7 +86,7 @@ class TrainUsers(Dataset):
     def __init__(self, ds: SequenceDataset, split: Split, max_len: int, stride: int = 0):
         if stride < 0:
             raise ValueError(f"window stride must be >= 0, got {stride}")
-        self.ds, self.max_len = ds, max_len
+        self.ds, self.max_len, self.stride = ds, max_len, stride
         train_len = np.asarray(split.train_len, dtype=np.int64)
         users = np.nonzero(train_len >= 2)[0]
         if stride == 0:
@@ -105,7 +107,12 @@ class TrainUsers(Dataset):
 
     def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(idx, dtype=np.int64)
-        return train_batch(self.ds, self.users[idx], self.ends[idx], self.max_len)
+        b = train_batch(self.ds, self.users[idx], self.ends[idx], self.max_len)
+        if 0 < self.stride < self.max_len:  # only the newest `stride` positions are targets
+            older = torch.arange(self.max_len) < self.max_len - self.stride  # (L,)
+            b["targets"] = b["targets"].masked_fill(older, 0)
+            b["target_actions"] = b["target_actions"].masked_fill(older, 0)
+        return b
 
 
 def eval_batches(ds: SequenceDataset, es: EvalSet, max_len: int, batch_size: int):

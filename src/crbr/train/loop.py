@@ -142,7 +142,8 @@ class Trainer:
         tc, run_dir = self.tc, self.run_dir
         ckpt_dir = run_dir / "checkpoints"
         seed_everything(tc.seed + self.dist.rank)
-        users = TrainUsers(self.ds, self.split, self.max_len, stride=self.max_len if tc.windows == "all" else 0)
+        stride = 0 if tc.windows == "last" else min(tc.window_stride or self.max_len, self.max_len)
+        users = TrainUsers(self.ds, self.split, self.max_len, stride=stride)
         if len(users) == 0:
             raise ValueError("no user has at least 2 training events: nothing to train on")
         opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
