@@ -437,12 +437,7 @@ def load_sequences(
         pl.col("fields").list.slice(1).alias("item"),
     ).explode("item")
     events = _events(df, timestamps=False, action=False, rating=False)
-    files = [path]
-    items = None
-    if items_path is not None:
-        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
-        files += meta_files
-    return RawEvents(events, items, files, drops, name or path.stem)
+    return _with_items(events, path, items_path, on_bad_line, drops, name)
 
 
 def load_pairs(
@@ -461,8 +456,15 @@ def load_pairs(
     recs = _check_field_count(_records(path, rd, None), rd, 2, "user item")
     df = _columns_from_fields(recs, ["user", "item"])
     events = _events(df, timestamps=False, action=False, rating=False)
-    files = [path]
-    items = None
+    return _with_items(events, path, items_path, on_bad_line, drops, name)
+
+
+def _with_items(
+    events: pl.DataFrame, path: Path, items_path: str | Path | None, on_bad_line: OnBadLine,
+    drops: dict[str, int], name: str | None,
+) -> RawEvents:
+    """RawEvents of an order-only file, with item metadata from `items_path` when given."""
+    files, items = [path], None
     if items_path is not None:
         items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
         files += meta_files
