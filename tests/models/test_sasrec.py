@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
@@ -18,8 +19,9 @@ def window(seq, L):
     return x
 
 
-def test_causal_future_items_do_not_change_past_states():
-    m = make()
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_causal_future_items_do_not_change_past_states(norm):
+    m = make(norm=norm)
     a = window([3, 5, 7, 9, 11], 12)
     b = a.clone()
     b[0, -1] = 20  # change only the newest item
@@ -31,10 +33,10 @@ def test_causal_future_items_do_not_change_past_states():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seq=st.lists(st.integers(1, 30), min_size=1, max_size=8), extra=st.integers(0, 4))
-def test_left_padding_does_not_change_scores(seq, extra):
+@given(seq=st.lists(st.integers(1, 30), min_size=1, max_size=8), extra=st.integers(0, 4), norm=st.sampled_from(["pre", "post"]))
+def test_left_padding_does_not_change_scores(seq, extra, norm):
     """The same history in a longer, more padded window gives the same scores."""
-    m = make()
+    m = make(norm=norm)
     short = window(seq, 8)
     long = window(seq, 8 + extra)
     with torch.no_grad():

@@ -38,8 +38,13 @@ class SASRecConfig:
     ce_chunk: int = 256  # rows per chunk of the full-softmax CE; 0 = plain F.cross_entropy (reference)
     use_actions: bool = False  # add an action-type embedding to each history event
     init_std: float = 0.02
+    # "pre": the SASRec reference code (embeddings x sqrt(hidden), x + f(LN(x)), final LN);
+    # "post": RecBole / BERT style (LN + dropout on the embeddings, LN(x + f(x)), no final LN)
+    norm: str = "pre"
 
     def __post_init__(self) -> None:
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"SASRecConfig.norm: expected 'pre' or 'post', got {self.norm!r}")
         if self.loss not in ("ce", "bce"):
             raise ValueError(f"SASRecConfig.loss: expected 'ce' or 'bce', got {self.loss!r}")
         if self.hidden % self.n_heads:
@@ -47,11 +52,12 @@ class SASRecConfig:
 
 
 class CausalBlock(nn.Module):
-    """Pre-norm block as in the SASRec reference code: x + MHA(LN(x)), then x + FFN(LN(x))."""
+    """Pre-norm (SASRec reference code): x + MHA(LN(x)), then x + FFN(LN(x)).
+    Post-norm (RecBole, BERT): LN(x + MHA(x)), then LN(x + FFN(x))."""
 
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float):
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool = True):
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.pre_norm = n_heads, pre_norm
         self.ln1 = nn.LayerNorm(d, eps=1e-8)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
@@ -63,10 +69,15 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # x: (B, L, D); mask: (B, 1, L, L) bool, True = may attend
         B, L, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        h = self.ln1(x) if self.pre_norm else x
+        q, k, v = self.qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_attn if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, L, D)))
-        return x + self.drop(self.ffn(self.ln2(x)))
+        a = self.drop(self.out(a.transpose(1, 2).reshape(B, L, D)))
+        if self.pre_norm:
+            x = x + a
+            return x + self.drop(self.ffn(self.ln2(x)))
+        x = self.ln1(x + a)
+        return self.ln2(x + self.drop(self.ffn(x)))
 
 
 class SASRec(Recommender):
@@ -81,8 +92,10 @@ class SASRec(Recommender):
         self.emb_drop = nn.Dropout(c.dropout)
         attn_p = c.dropout if c.attn_dropout is None else c.attn_dropout
         self.blocks = nn.ModuleList(
-            CausalBlock(c.hidden, c.n_heads, c.ffn_mult * c.hidden, c.dropout, attn_p) for _ in range(c.n_layers)
+            CausalBlock(c.hidden, c.n_heads, c.ffn_mult * c.hidden, c.dropout, attn_p, c.norm == "pre")
+            for _ in range(c.n_layers)
         )
+        # pre-norm: final LN on the outputs; post-norm: LN on the summed input embeddings
         self.final_ln = nn.LayerNorm(c.hidden, eps=1e-8)
         self.apply(self._init)
 
@@ -103,10 +116,13 @@ class SASRec(Recommender):
         if L > self.config.max_len:
             raise ValueError(f"window length {L} exceeds SASRecConfig.max_len {self.config.max_len}")
         keep = items > 0  # (B, L)
-        x = self.item_emb(items) * math.sqrt(self.config.hidden)
+        pre = self.config.norm == "pre"
+        x = self.item_emb(items) * (math.sqrt(self.config.hidden) if pre else 1.0)
         x = x + self.pos_emb.weight[-L:]  # left-padded: the newest event always has the last position
         if self.action_emb is not None:
             x = x + self.action_emb(batch["actions"])
+        if not pre:
+            x = self.final_ln(x)
         x = self.emb_drop(x) * keep.unsqueeze(-1)
         causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
         # attend to earlier real items; padded queries attend to themselves only (no NaN rows)
@@ -114,7 +130,7 @@ class SASRec(Recommender):
         mask = mask.unsqueeze(1)  # (B, 1, L, L)
         for blk in self.blocks:
             x = blk(x, mask) * keep.unsqueeze(-1)
-        return self.final_ln(x)
+        return self.final_ln(x) if pre else x
 
     def user_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D): the hidden state at the newest history position."""
