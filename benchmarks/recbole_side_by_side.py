@@ -265,6 +265,16 @@ def fmt(x, nd=4):
     return "n/a" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
 
+def ensure_recbole_venv(venv: Path) -> None:
+    """Create the throwaway RecBole venv as ../shared/peers/recbole/README.md prescribes."""
+    print(f"creating the RecBole venv at {venv} (never part of crbr's own environment)", flush=True)
+    pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(pip + ["torch==2.13.0", "recbole==1.2.1"], check=True)
+    # RecBole 1.2.1 does not import with today's numpy / pandas / setuptools
+    subprocess.run(pip + ["numpy<2", "pandas<3", "setuptools<81"], check=True)
+
+
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -283,6 +293,8 @@ def main() -> int:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     rb_py = args.recbole_python
+    if not Path(rb_py).exists():
+        ensure_recbole_venv(Path(rb_py).parent.parent)
     chk = subprocess.run([rb_py, "-c", "import recbole, torch; print(recbole.__version__, torch.__version__)"],
                          capture_output=True, text=True)
     if chk.returncode:
