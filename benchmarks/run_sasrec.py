@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = {"ml-100k": "sasrec_ml100k.yaml", "ml-1m": "sasrec_ml1m.yaml", "Beauty": "sasrec_beauty.yaml"}
@@ -28,18 +31,6 @@ RAW = {  # how verify_export.py reads the raw files
     "ml-1m": ("seq", SHARED / "ml-1m" / "ml-1m_seq.txt"),
     "Beauty": ("seq", SHARED / "Beauty" / "Beauty.txt"),
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def run(dataset: str, out: Path, threads: int, overrides: list[str]) -> dict:
@@ -96,7 +87,7 @@ def main() -> None:
     for ds, r in results.items():
         print(f"## {ds}: {r['protocol']}\n   split: {r['split']}\n   command: {r['command']}")
     print(table(results))
-    print(f"\nmachine: {machine()}; code {next(iter(results.values()))['code_version']}")
+    print(f"\nmachine: {machine_line()}; code {next(iter(results.values()))['code_version']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 
