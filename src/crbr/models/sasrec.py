@@ -34,6 +34,8 @@ class SASRecConfig:
     ffn_mult: int = 1  # FFN inner size = ffn_mult * hidden (the paper uses hidden)
     dropout: float = 0.2  # on embeddings, residual branches and the FFN
     attn_dropout: float | None = None  # on attention weights; None = same as dropout
+    ffn_dropout: float | None = None  # inside the FFN, after the activation (reference code); None = same as dropout
+    ln_eps: float = 1e-8  # LayerNorm epsilon (SASRec reference 1e-8, RecBole 1e-12)
     loss: str = "ce"  # "ce" (full softmax) | "bce" (one sampled negative per position)
     ce_chunk: int = 256  # rows per chunk of the full-softmax CE; 0 = plain F.cross_entropy (reference)
     use_actions: bool = False  # add an action-type embedding to each history event
@@ -55,14 +57,15 @@ class CausalBlock(nn.Module):
     """Pre-norm (SASRec reference code): x + MHA(LN(x)), then x + FFN(LN(x)).
     Post-norm (RecBole, BERT): LN(x + MHA(x)), then LN(x + FFN(x))."""
 
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float, pre_norm: bool = True):
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float, ffn_dropout: float,
+                 pre_norm: bool = True, eps: float = 1e-8):
         super().__init__()
         self.n_heads, self.pre_norm = n_heads, pre_norm
-        self.ln1 = nn.LayerNorm(d, eps=1e-8)
+        self.ln1 = nn.LayerNorm(d, eps=eps)
         self.qkv = nn.Linear(d, 3 * d)
         self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.ln2 = nn.LayerNorm(d, eps=eps)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(ffn_dropout), nn.Linear(ffn, d))
         self.drop = nn.Dropout(dropout)
         self.p_attn = attn_dropout
 
@@ -91,12 +94,13 @@ class SASRec(Recommender):
         self.action_emb = nn.Embedding(max(c.n_actions, 1), c.hidden, padding_idx=0) if c.use_actions else None
         self.emb_drop = nn.Dropout(c.dropout)
         attn_p = c.dropout if c.attn_dropout is None else c.attn_dropout
+        ffn_p = c.dropout if c.ffn_dropout is None else c.ffn_dropout
         self.blocks = nn.ModuleList(
-            CausalBlock(c.hidden, c.n_heads, c.ffn_mult * c.hidden, c.dropout, attn_p, c.norm == "pre")
+            CausalBlock(c.hidden, c.n_heads, c.ffn_mult * c.hidden, c.dropout, attn_p, ffn_p, c.norm == "pre", c.ln_eps)
             for _ in range(c.n_layers)
         )
         # pre-norm: final LN on the outputs; post-norm: LN on the summed input embeddings
-        self.final_ln = nn.LayerNorm(c.hidden, eps=1e-8)
+        self.final_ln = nn.LayerNorm(c.hidden, eps=c.ln_eps)
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
