@@ -96,3 +96,13 @@ def test_build_model_derives_sizes_and_rejects_unknown_settings():
         assert "hiden" in str(e)
     else:
         raise AssertionError("unknown setting accepted")
+
+
+def test_model_settings_are_coerced_from_yaml_strings():
+    class DS:
+        n_items, n_actions = 5, 2
+
+    m = build_model("sasrec", {"ln_eps": "1e-12", "dropout": "0.3", "hidden": 8, "n_heads": 1}, DS())
+    assert m.config.ln_eps == 1e-12 and m.config.dropout == 0.3
+    with pytest.raises(TypeError, match="hidden"):
+        build_model("sasrec", {"hidden": "wide"}, DS())

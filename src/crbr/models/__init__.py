@@ -28,7 +28,9 @@ def model_config(name: str, params: dict | None, ds: SequenceDataset | None = No
         params["n_items"] = ds.n_items
         if "n_actions" in fields:
             params["n_actions"] = ds.n_actions
-    return cls(**params)
+    from ..config import from_dict  # checks and coerces types (YAML reads "1e-12" as a string)
+
+    return from_dict(cls, params, f"model ({name})")
 
 
 def build_model(name: str, params: dict | None, ds: SequenceDataset | None = None) -> Recommender:
