@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -72,12 +71,30 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- run_sasrec:begin -->", "<!-- run_sasrec:end -->"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the text between the markers (or append them), atomically."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{BEGIN}\n{section}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n## SASRec benchmark table (benchmarks/run_sasrec.py)\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
+    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"),
+                    help="replace the section between the run_sasrec markers of this file ('' = do not write)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -86,8 +103,17 @@ def main() -> None:
     print()
     for ds, r in results.items():
         print(f"## {ds}: {r['protocol']}\n   split: {r['split']}\n   command: {r['command']}")
-    print(table(results))
-    print(f"\nmachine: {machine_line()}; code {next(iter(results.values()))['code_version']}")
+    section = "\n".join([
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/run_sasrec.py {' '.join(sys.argv[1:])}`; "
+        f"machine: {machine_line()}; code {next(iter(results.values()))['code_version']}.",
+        "",
+        *[f"- {ds}: {r['protocol']}; {r['split']}; seed {r['seed']}; `{r['command']}`" for ds, r in results.items()],
+        "",
+        table(results),
+    ])
+    print(section)
+    if args.results_md:
+        write_section(Path(args.results_md), section)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 
