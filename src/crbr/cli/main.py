@@ -111,7 +111,8 @@ def cmd_evaluate(args) -> int:
     ds, split = _data_and_split(cfg)
     es = split.test if args.split == "test" else split.valid
     ev = Evaluator(ds, es, train_item_counts(ds, split), ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                   max_len=getattr(model.config, "max_len", 200), batch_size=cfg.eval.batch_size, export_k=cfg.eval.export_k)
+                   max_len=getattr(model.config, "max_len", 200), batch_size=cfg.eval.batch_size, export_k=cfg.eval.export_k,
+                   split_name=split.name)
     with torch.no_grad():
         res = ev.evaluate(model.score, export=bool(args.export_topk))
     print(f"{cfg.name} ({meta.get('model_name')}, {args.checkpoint}) on {args.split}:")
