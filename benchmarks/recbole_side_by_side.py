@@ -203,7 +203,14 @@ def crbr_split_tokens() -> dict:
         out[name] = rec
     tl = sp.train_len.astype(np.int64)
     out["train_targets_all_prefixes"] = int(np.clip(tl - 1, 0, None).sum())  # = RecBole's rows per epoch
-    out["train_targets_crbr_window"] = int(np.clip(np.minimum(tl - 1, 50), 0, None).sum())
+    # what crbr's loop draws per epoch with the config's windows (same code path as the trainer)
+    from crbr.data.batching import TrainUsers
+
+    max_len = cfg.model["max_len"]
+    stride = 0 if cfg.train.windows == "last" else min(cfg.train.window_stride or max_len, max_len)
+    win = TrainUsers(ds, sp, max_len, stride=stride)
+    out["train_windows"] = len(win)
+    out["train_targets_crbr_window"] = int((win.collate(list(range(len(win))))["targets"] > 0).sum())
     out["train_users"] = int((tl >= 2).sum())
     out["n_items"] = int(ds.n_items)
     return out
@@ -475,7 +482,7 @@ def main() -> int:
     L.append(f"| best valid NDCG@10 (epoch) | {cr_best_row['valid_NDCG@10']:.4f} ({int(cr_best_row['epoch'])}) | "
              f"{rb_best:.4f} ({rb_first['epoch'] + 1}) |")
     L.append(f"| epochs run, stopped by | {len(cr_rows)}, {cr_stop} | {len(rb_rows)}, {rb_stop} |")
-    L.append(f"| training examples per epoch | {crsplit['train_users']} user windows "
+    L.append(f"| training examples per epoch | {crsplit['train_windows']:,} windows "
              f"({crsplit['train_targets_crbr_window']:,} next-item targets) | {rb_split['n_train_rows']:,} prefixes "
              f"(1 target each) |")
     L.append(f"| mean train s / epoch | {cr_s_epoch:.1f} | {rb_s_epoch:.1f} |")
