@@ -24,23 +24,28 @@ ROOT = Path(__file__).resolve().parents[2]
 KS = (1, 3, 5, 10)
 
 
+def random_dataset(rng, lens, n_items: int, user_ids: list[str], item_ids: list[str]) -> SequenceDataset:
+    """Random item sequences of the given lengths (no timestamps, one action)."""
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offsets[1:])
+    E = int(offsets[-1])
+    return SequenceDataset(
+        offsets=offsets,
+        items=rng.integers(1, n_items + 1, E).astype(np.int32),
+        actions=np.ones(E, dtype=np.int16),
+        timestamps=None,
+        user_ids=np.array(user_ids, dtype=object),
+        item_ids=np.array([""] + item_ids, dtype=object),
+        action_names=["<pad>", "click"],
+    )
+
+
 def random_problem(seed: int, n_users: int = 23, n_items: int = 17):
     """A dataset, a multi-target EvalSet (duplicates, repeats of the history), train counts and a
     score matrix (n_users, I) with many ties and a few -inf entries from the "model"."""
     rng = np.random.default_rng(seed)
     lens = rng.integers(2, 12, n_users)
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    E = int(offsets[-1])
-    ds = SequenceDataset(
-        offsets=offsets,
-        items=rng.integers(1, n_items + 1, E).astype(np.int32),
-        actions=np.ones(E, dtype=np.int16),
-        timestamps=None,
-        user_ids=np.array([f"u{u}" for u in range(n_users)], dtype=object),
-        item_ids=np.array([""] + [f"i{i}" for i in range(1, n_items + 1)], dtype=object),
-        action_names=["<pad>", "click"],
-    )
+    ds = random_dataset(rng, lens, n_items, [f"u{u}" for u in range(n_users)], [f"i{i}" for i in range(1, n_items + 1)])
     users = np.sort(rng.choice(n_users, size=n_users - 3, replace=False))
     hist = np.array([rng.integers(1, lens[u]) for u in users], dtype=np.int64)
     n_t = rng.integers(1, 5, len(users))
@@ -155,18 +160,8 @@ def test_metrics_recomputed_from_topk_lists_equal_reported():
 def loo_problem(seed: int, n_users: int = 30, n_items: int = 25):
     rng = np.random.default_rng(seed)
     lens = rng.integers(3, 15, n_users)
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(lens, out=offsets[1:])
-    E = int(offsets[-1])
-    ds = SequenceDataset(
-        offsets=offsets,
-        items=rng.integers(1, n_items + 1, E).astype(np.int32),
-        actions=np.ones(E, dtype=np.int16),
-        timestamps=None,
-        user_ids=np.array([str(1000 + 7 * u) for u in range(n_users)], dtype=object),
-        item_ids=np.array([""] + [f"m{3 * i}" for i in range(1, n_items + 1)], dtype=object),
-        action_names=["<pad>", "click"],
-    )
+    ds = random_dataset(rng, lens, n_items, [str(1000 + 7 * u) for u in range(n_users)],
+                        [f"m{3 * i}" for i in range(1, n_items + 1)])
     split = leave_one_out(ds)
     S = rng.integers(0, 5, (n_users, n_items + 1)).astype(np.float32)
     return ds, split, train_item_counts(ds, split), S
