@@ -93,33 +93,27 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from ..config import ExperimentConfig, from_dict
-    from ..data.dataset import train_item_counts
-    from ..eval.evaluator import Evaluator
+    from ..config import ExperimentConfig, apply_overrides, from_dict
     from ..eval.export import export_topk
     from ..train.checkpoint import load_model_from_checkpoint
+    from ..train.loop import build_evaluator
 
     model, meta = load_model_from_checkpoint(args.checkpoint)
     cfg = from_dict(ExperimentConfig, meta["experiment"])
-    from ..config import apply_overrides
-
     if args.overrides:
         d = apply_overrides(cfg.to_dict(), args.overrides)
         cfg = from_dict(ExperimentConfig, d)
     if args.mask_history is not None:
         cfg.eval.mask_history = args.mask_history
     ds, split = _data_and_split(cfg)
-    es = split.test if args.split == "test" else split.valid
-    ev = Evaluator(ds, es, train_item_counts(ds, split), ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                   max_len=getattr(model.config, "max_len", 200), batch_size=cfg.eval.batch_size, export_k=cfg.eval.export_k,
-                   split_name=split.name)
+    ev = build_evaluator(ds, split, args.split, cfg.eval, getattr(model.config, "max_len", 200))
     with torch.no_grad():
         res = ev.evaluate(model.score, export=bool(args.export_topk))
     print(f"{cfg.name} ({meta.get('model_name')}, {args.checkpoint}) on {args.split}:")
     print(res.format())
     if args.export_topk:
         export_topk(res, ds, args.export_topk)
-        print(f"wrote top-{cfg.eval.export_k} lists of {len(es)} users to {args.export_topk}")
+        print(f"wrote top-{cfg.eval.export_k} lists of {res.n_users} users to {args.export_topk}")
     return 0
 
 

@@ -50,9 +50,8 @@ def run_quickstart(args) -> int:
 
     from ..data.dataset import leave_one_out, train_item_counts
     from ..data.synthetic import SyntheticConfig, generate
-    from ..eval.evaluator import Evaluator
     from ..models import build_model
-    from ..train.loop import Trainer
+    from ..train.loop import Trainer, build_evaluator
 
     t0 = time.perf_counter()
     d = json.loads(json.dumps(QUICKSTART_DEFAULTS))
@@ -77,8 +76,7 @@ def run_quickstart(args) -> int:
     res = trainer.fit()
 
     counts = train_item_counts(ds, split)
-    pop = Evaluator(ds, split.test, counts, ks=tuple(cfg.eval.ks), mask_history=cfg.eval.mask_history,
-                    max_len=model.config.max_len, batch_size=cfg.eval.batch_size).evaluate(popularity_scorer(counts))
+    pop = build_evaluator(ds, split, "test", cfg.eval, model.config.max_len, counts).evaluate(popularity_scorer(counts))
     keys = ["HR@10", "NDCG@10", "Recall@50", "MRR", "coverage@10"]
     print(f"\nprotocol: {res.test.protocol}")
     print(metrics_table([("popularity", pop), (cfg.model_name, res.test)], keys))

@@ -76,6 +76,16 @@ def code_version() -> str:
         return "unknown"
 
 
+def build_evaluator(ds: SequenceDataset, split: Split, which: str, eval_config, max_len: int,
+                    train_counts: np.ndarray | None = None) -> Evaluator:
+    """The evaluator of a split's "valid" or "test" part, set up from an EvalConfig."""
+    ec = eval_config
+    counts = train_item_counts(ds, split) if train_counts is None else train_counts
+    return Evaluator(ds, split.valid if which == "valid" else split.test, counts, ks=tuple(ec.ks),
+                     mask_history=ec.mask_history, max_len=max_len, batch_size=ec.batch_size,
+                     export_k=ec.export_k, split_name=split.name)
+
+
 class Trainer:
     """Fit a model on a split: train, validate every `eval_every` epochs, early-stop on
     `monitor`, keep the best weights, test them.
@@ -98,11 +108,8 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
         self.is_main = self.dist.rank == 0
         counts = train_item_counts(ds, split)
-        mk = lambda es: Evaluator(ds, es, counts, ks=tuple(self.ec.ks), mask_history=self.ec.mask_history,
-                                  max_len=max_len, batch_size=self.ec.batch_size, export_k=self.ec.export_k,
-                                  split_name=split.name)
-        self.valid_eval = mk(split.valid)
-        self.test_eval = mk(split.test)
+        self.valid_eval = build_evaluator(ds, split, "valid", self.ec, max_len, counts)
+        self.test_eval = build_evaluator(ds, split, "test", self.ec, max_len, counts)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self):
@@ -176,12 +183,8 @@ class Trainer:
 
         t_start = time.perf_counter() - elapsed0
         train_s_total = sum(h["train_s"] for h in history)
-        epoch = start_epoch - 1
-        stop = start_epoch > tc.epochs
         self.model.train()
         for epoch in range(start_epoch, tc.epochs + 1):
-            if stop:
-                break
             t0 = time.perf_counter()
             loss_sum, n_steps = 0.0, 0
             loader = self._loader(users, epoch)
@@ -194,14 +197,15 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self._autocast():
                     loss, logs = net(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} (lower train.lr or enable train.grad_clip)")
+                loss_value = float(loss.detach())  # the step's one host sync
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"epoch {epoch}: loss is {loss_value} (lower train.lr or enable train.grad_clip)")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
                 opt.step()
-                loss_sum += float(loss.detach())
+                loss_sum += loss_value
                 n_steps += 1
                 if bar is not loader:
                     bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
@@ -259,8 +263,10 @@ class Trainer:
                 dist.broadcast(flag, 0)
                 stop = bool(flag.item())
                 dist.barrier()
-            if stop and self.is_main:
-                log.info("stopping after epoch %d (best %s=%.5f at epoch %d)", epoch, tc.monitor, best, best_epoch)
+            if stop:
+                if self.is_main:
+                    log.info("stopping after epoch %d (best %s=%.5f at epoch %d)", epoch, tc.monitor, best, best_epoch)
+                break
 
         if writer is not None:
             writer.close()
