@@ -3,6 +3,7 @@
   crbr data prepare --config configs/sasrec_ml1m.yaml        process + cache a dataset, print its summary
   crbr train --config configs/sasrec_ml1m.yaml train.lr=5e-4 train a model (also under torchrun)
   crbr evaluate --checkpoint runs/x/checkpoints/best.safetensors --export-topk top.parquet
+  crbr features --config configs/sasrec_ml1m.yaml --spec text --out items.parquet   item features (cached)
   crbr quickstart                                            the whole job on the embedded synthetic world
 
 Every run is driven by a YAML config (see configs/) plus `section.key=value` overrides.
@@ -72,7 +73,7 @@ def cmd_train(args) -> int:
         cfg.eval.export_topk = args.export_topk
     ds, split = _data_and_split(cfg)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model_name, cfg.model_params, ds)
+    model = build_model(cfg.model_name, cfg.model_params, ds, split)
     max_len = getattr(model.config, "max_len", 200)
     trainer = Trainer(model, ds, split, cfg, max_len=max_len)
     if trainer.is_main:
@@ -114,6 +115,39 @@ def cmd_evaluate(args) -> int:
     if args.export_topk:
         export_topk(res, ds, args.export_topk)
         print(f"wrote top-{cfg.eval.export_k} lists of {res.n_users} users to {args.export_topk}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from ..data.prepare import prepare
+    from ..features import build_item_features, write_features
+
+    cfg = _load(args)
+    if cfg.train.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+    ds = prepare(cfg.data)
+    log.info("%s", ds.summary())
+    try:
+        res = build_item_features(ds, args.spec, cache_dir=cfg.data.cache_dir, batch_size=args.batch_size,
+                                  progress=args.progress)
+    except ImportError as e:  # the default text model's package is not installed
+        print(f"crbr: error: {e}", file=sys.stderr)
+        return 2
+    X = res.matrix
+    print(f"features {res.spec} for {ds.info.get('name', cfg.data.name)}: shape {X.shape[0]} x {X.shape[1]} "
+          f"({ds.n_items:,} items + padding row 0), {X.dtype}, {res.seconds:.1f}s")
+    if res.zero_rows:
+        print(f"items with an all-zero row: {res.zero_rows:,}")
+    if res.cache_path is not None:
+        print(f"cache: {res.cache_path} ({'hit' if res.cache_hit else 'written'})")
+    else:
+        print("cache: none (only text specs are cached)")
+    if args.out:
+        out = write_features(ds, X, args.out)
+        print(f"wrote {out}" + (" (item_id = original ids, embedding)" if out.suffix.lower() == ".parquet" else
+                                " (row 0 = padding, row i = item id i)"))
     return 0
 
 
@@ -162,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-mask-history", dest="mask_history", action="store_false", help="rank history items too")
     ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + "; applied to the config stored in the checkpoint")
     ev.set_defaults(func=cmd_evaluate)
+
+    from ..features import SPEC_GRAMMAR
+
+    ft = sub.add_parser("features", help="compute (and cache) frozen item features of a config's dataset",
+                        formatter_class=fmt, epilog=settings_help,
+                        description="Compute item features for the dataset of a config's data section "
+                                    "(loaded as crbr train loads it), print their shape and cache path, "
+                                    "optionally write them.\n\n" + SPEC_GRAMMAR)
+    with_config(ft)
+    ft.add_argument("--spec", required=True, help="feature spec, e.g. text, text:MODEL, items.parquet, categories, random:64")
+    ft.add_argument("--out", metavar="FILE", help="write the features: .npy (n_items + 1 rows, row 0 = padding) or "
+                                                 ".parquet (item_id = original ids, embedding)")
+    ft.add_argument("--batch-size", type=int, default=256, help="text encoder batch size (default 256)")
+    ft.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    ft.set_defaults(func=cmd_features)
 
     qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table",
                         epilog=settings_help, formatter_class=fmt)

@@ -71,7 +71,7 @@ def run_quickstart(args) -> int:
     print(split.describe())
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model_name, cfg.model_params, ds)
+    model = build_model(cfg.model_name, cfg.model_params, ds, split)
     trainer = Trainer(model, ds, split, cfg, max_len=model.config.max_len, run_dir=out)
     res = trainer.fit()
 

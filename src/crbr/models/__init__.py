@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..data.dataset import SequenceDataset
+import numpy as np
+
+from ..data.dataset import SequenceDataset, Split, train_item_counts
 from .base import LossOutput, Recommender
+from .pinnerformer import PinnerFormer, PinnerFormerConfig
+from .qformer import QFormer, QFormerConfig, QFormerOutput
 from .sasrec import SASRec, SASRecConfig
 
 # name -> (model class, config class); used to rebuild a model from a checkpoint's config
 MODELS: dict[str, tuple[type[Recommender], type]] = {
     "sasrec": (SASRec, SASRecConfig),
+    "qformer": (QFormer, QFormerConfig),
+    "pinnerformer": (PinnerFormer, PinnerFormerConfig),
 }
 
 
-def model_config(name: str, params: dict | None, ds: SequenceDataset | None = None):
+def model_config(name: str, params: dict | None, ds: SequenceDataset | None = None,
+                 feature_dim: int | None = None):
     """The model's config dataclass from user params, with sizes derived from the dataset."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; available: {sorted(MODELS)}")
@@ -28,13 +35,34 @@ def model_config(name: str, params: dict | None, ds: SequenceDataset | None = No
         params["n_items"] = ds.n_items
         if "n_actions" in fields:
             params["n_actions"] = ds.n_actions
+    if feature_dim is not None and "feature_dim" in fields:
+        params["feature_dim"] = feature_dim
     from ..config import from_dict  # checks and coerces types (YAML reads "1e-12" as a string)
 
     return from_dict(cls, params, f"model ({name})")
 
 
-def build_model(name: str, params: dict | None, ds: SequenceDataset | None = None) -> Recommender:
-    return MODELS[name][0](model_config(name, params, ds))
+def build_model(name: str, params: dict | None, ds: SequenceDataset | None = None,
+                split: Split | None = None) -> Recommender:
+    """A model from its settings; with a dataset, the sizes and the data-derived buffers are filled.
+
+    Models whose config has `item_features` (a spec for `crbr.features.item_features`) get the
+    frozen feature matrix; models with `attach_data(item_feats=, item_counts=)` receive it and
+    the training-set item counts (from `split`, else from every event).
+    """
+    feats = None
+    spec = (params or {}).get("item_features", "")
+    if ds is not None and spec and name in MODELS:
+        from ..features import item_features
+
+        feats = item_features(ds, spec)
+    model = MODELS[name][0](model_config(name, params, ds, None if feats is None else int(feats.shape[1])))
+    if ds is not None and hasattr(model, "attach_data"):
+        counts = train_item_counts(ds, split) if split is not None else np.bincount(
+            np.asarray(ds.items), minlength=ds.n_items + 1)
+        model.attach_data(item_feats=feats, item_counts=counts)
+    return model
 
 
-__all__ = ["LossOutput", "Recommender", "SASRec", "SASRecConfig", "MODELS", "build_model", "model_config"]
+__all__ = ["LossOutput", "Recommender", "SASRec", "SASRecConfig", "QFormer", "QFormerConfig", "QFormerOutput",
+           "PinnerFormer", "PinnerFormerConfig", "MODELS", "build_model", "model_config"]

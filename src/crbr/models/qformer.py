@@ -1,0 +1,451 @@
+"""Q-Former user tower for long histories (seed 002 §3.1; BLIP-2, Li et al. 2023).
+
+M learnable query tokens read a user's history through cross-attention; history items never
+attend to each other, so one block costs O(N·M·D + N·D²) instead of self-attention's O(N²·D).
+Each block (pre-norm):
+
+    q <- q + SelfAttn(LN(q))                      queries talk to each other      (B, M, D)
+    q <- q + CrossAttn(LN(q), LN(h), key mask)    queries read the history        (B, M, D) x (B, N, D)
+    q <- q + FFN(LN(q))
+
+History input per event = projected frozen item feature (+ optional learnable ID embedding)
++ action embedding + sinusoidal recency encoding (events counted back from the newest)
+(+ a log-bucketed "time since" embedding when the dataset has timestamps). A learned null key
+is always visible, so an empty history is well defined. The output is the M user tokens.
+
+Pre-training (seed 002 §3.1.2), a weighted sum of two tasks, either of which can be switched off:
+
+  Task A (ITC): InfoNCE between the user tokens and the next item, similarity = max over tokens
+      of token . item (BLIP-2's ITC), candidates = in-batch positives + uniformly sampled
+      negatives, logQ-corrected by the mixed sampling distribution, accidental hits masked,
+      learnable temperature.
+  Task B (masked reconstruction): a fraction of the history is hidden from the encoder; a light
+      decoder (each hidden slot's recency/time/action query cross-attends to the M tokens alone)
+      predicts the hidden item by softmax over the whole catalogue.
+
+Retrieval: score(user, item) = max_m token_m . item over the whole catalogue.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LossOutput, Recommender
+from .losses import full_softmax_ce
+
+
+@dataclass
+class QFormerConfig:
+    """n_items / n_actions / feature_dim are derived by `build_model`; the rest are settings."""
+
+    n_items: int = 0
+    n_actions: int = 0
+    feature_dim: int = 0  # width of the frozen item features; 0 = ID embeddings only
+    item_features: str = ""  # feature spec for crbr.features.item_features ("" = none, "text", a file, ...)
+    use_id_embedding: bool = True  # learnable ID embedding beside (or instead of) frozen features
+    use_actions: bool = True
+    use_time: bool = True  # log-bucketed "time since event" embedding when timestamps exist
+    max_len: int = 1024  # history window fed to the tower (training and scoring)
+    n_queries: int = 32  # M
+    hidden: int = 64  # D
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    out_dim: int = 0  # retrieval space width; 0 = hidden
+    # Task A
+    itc_weight: float = 1.0  # 0 switches Task A off
+    n_negatives: int = 512  # uniformly sampled negatives shared by the batch (besides in-batch)
+    logq_correction: bool = True
+    init_temperature: float = 0.07
+    learn_temperature: bool = True
+    cut: str = "random"  # which next item Task A predicts: "last" of the window or a "random" cut point
+    # Task B
+    recon_weight: float = 1.0  # 0 switches Task B off
+    mask_ratio: float = 0.2
+    max_masked: int = 64  # cap on hidden slots per user
+    decoder_layers: int = 1
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.n_heads:
+            raise ValueError(f"QFormerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
+        if self.cut not in ("last", "random"):
+            raise ValueError(f"QFormerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
+        if self.itc_weight <= 0 and self.recon_weight <= 0:
+            raise ValueError("QFormerConfig: itc_weight and recon_weight are both 0; nothing to train")
+        if not self.use_id_embedding and self.feature_dim <= 0 and not self.item_features:
+            raise ValueError("QFormerConfig: no item representation (use_id_embedding=false and no item_features)")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"QFormerConfig.mask_ratio must be in [0, 1), got {self.mask_ratio}")
+
+
+@dataclass
+class QFormerOutput:
+    """tokens: (B, M, D) user tokens; attn: (B, M, N+1) last block's head-averaged cross-attention
+    over [null key, history] (only when requested, else None)."""
+
+    tokens: torch.Tensor
+    attn: torch.Tensor | None = None
+
+
+def sinusoidal(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """(..., ) float positions -> (..., dim) sin/cos encoding (Vaswani et al. 2017); any length."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / max(half, 1))
+    ang = x.float().unsqueeze(-1) * freq  # (..., half)
+    out = torch.cat([ang.sin(), ang.cos()], dim=-1)
+    return F.pad(out, (0, dim - 2 * half))
+
+
+def time_buckets(dt: torch.Tensor, n: int = 64) -> torch.Tensor:
+    """Seconds since an event -> log2 bucket id in [1, n-1] (0 = padding / unknown)."""
+    b = torch.floor(torch.log2(dt.clamp(min=0).float() + 1.0)).long() + 1
+    return b.clamp(1, n - 1)
+
+
+class MHA(nn.Module):
+    """Multi-head attention with separate query / key-value inputs and a boolean key mask."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.h = n_heads
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.o = nn.Linear(d, d)
+        self.p = dropout
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, M, D) queries; ctx: (B, N, D) keys/values; key_mask: (B, N) bool, True = visible
+        B, M, D = x.shape
+        N = ctx.shape[1]
+        q = self.q(x).view(B, M, self.h, D // self.h).transpose(1, 2)  # (B, H, M, d)
+        k, v = self.kv(ctx).view(B, N, 2, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, d)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+        if need_weights:  # explicit path (diagnostics): same math as SDPA, keeps the weights
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(D // self.h)
+            if mask is not None:
+                s = s.masked_fill(~mask, float("-inf"))
+            w = s.softmax(-1)  # (B, H, M, N)
+            a = w @ v
+            weights = w.mean(1)  # (B, M, N)
+        else:
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+            weights = None
+        return self.o(a.transpose(1, 2).reshape(B, M, D)), weights
+
+
+class QFormerBlock(nn.Module):
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.ln_self, self.ln_cross, self.ln_kv, self.ln_ffn = (nn.LayerNorm(d) for _ in range(4))
+        self.self_attn = MHA(d, n_heads, dropout)
+        self.cross_attn = MHA(d, n_heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, q: torch.Tensor, hist: torch.Tensor, key_mask: torch.Tensor,
+                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # q: (B, M, D); hist: (B, N, D); key_mask: (B, N)
+        h = self.ln_self(q)
+        q = q + self.drop(self.self_attn(h, h)[0])
+        a, w = self.cross_attn(self.ln_cross(q), self.ln_kv(hist), key_mask, need_weights)
+        q = q + self.drop(a)
+        return q + self.drop(self.ffn(self.ln_ffn(q))), w
+
+
+class QFormerEncoder(nn.Module):
+    """M learnable queries x L blocks over a (B, N, D) history; returns (B, M, D) tokens."""
+
+    def __init__(self, d: int, n_queries: int, n_layers: int, n_heads: int, ffn: int, dropout: float, init_std: float = 0.02):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(n_queries, d) * init_std)
+        self.null_key = nn.Parameter(torch.randn(1, 1, d) * init_std)
+        self.blocks = nn.ModuleList(QFormerBlock(d, n_heads, ffn, dropout) for _ in range(n_layers))
+        self.ln_out = nn.LayerNorm(d)
+
+    def forward(self, hist: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False) -> QFormerOutput:
+        # hist: (B, N, D) event embeddings; key_mask: (B, N) bool, True = real and visible
+        B = hist.shape[0]
+        ctx = torch.cat([self.null_key.expand(B, 1, -1).to(hist.dtype), hist], 1)  # (B, N+1, D)
+        mask = F.pad(key_mask, (1, 0), value=True)  # the null key is always visible
+        q = self.queries.unsqueeze(0).expand(B, -1, -1).to(hist.dtype)  # (B, M, D)
+        w = None
+        for i, blk in enumerate(self.blocks):
+            q, w = blk(q, ctx, mask, need_weights and i == len(self.blocks) - 1)
+        return QFormerOutput(self.ln_out(q), w)
+
+
+class QFormer(Recommender):
+    def __init__(self, config: QFormerConfig):
+        super().__init__()
+        self.config = c = config
+        if c.n_items <= 0:
+            raise ValueError("QFormerConfig.n_items must be set (build the model with crbr.models.build_model)")
+        D = c.hidden
+        out = c.out_dim or D
+        # frozen item features: a persistent buffer (saved in checkpoints) filled by attach_data
+        self.register_buffer("item_feats", torch.zeros(c.n_items + 1, c.feature_dim) if c.feature_dim > 0 else None)
+        self.feat_proj = nn.Linear(c.feature_dim, D) if c.feature_dim > 0 else None
+        self.id_emb = nn.Embedding(c.n_items + 1, D, padding_idx=0) if c.use_id_embedding or c.feature_dim <= 0 else None
+        self.action_emb = nn.Embedding(max(c.n_actions, 1), D, padding_idx=0) if c.use_actions else None
+        self.time_emb = nn.Embedding(64, D, padding_idx=0) if c.use_time else None
+        # learned map of the sinusoidal recency code; starts as small as the embeddings so the
+        # position signal does not drown the item identity
+        self.recency_proj = nn.Linear(D, D, bias=False)
+        self.in_ln = nn.LayerNorm(D)
+        self.in_drop = nn.Dropout(c.dropout)
+        self.encoder = QFormerEncoder(D, c.n_queries, c.n_layers, c.n_heads, c.ffn_mult * D, c.dropout, c.init_std)
+        self.user_head = nn.Linear(D, out, bias=False)  # tokens -> retrieval space
+        self.item_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, out, bias=False))  # item tower
+        t0 = math.log(1.0 / c.init_temperature)
+        self.logit_scale = nn.Parameter(torch.tensor(t0), requires_grad=c.learn_temperature)
+        self.recon_scale = nn.Parameter(torch.tensor(t0), requires_grad=c.learn_temperature)
+        # sampling probability of in-batch positives (training frequency); uniform until attach_data
+        self.register_buffer("item_logq", torch.full((c.n_items + 1,), -math.log(c.n_items)))
+        if c.recon_weight > 0:
+            self.mask_emb = nn.Parameter(torch.zeros(D))
+            self.decoder = nn.ModuleList(QFormerBlock(D, c.n_heads, c.ffn_mult * D, c.dropout) for _ in range(c.decoder_layers))
+            self.dec_ln = nn.LayerNorm(D)
+            self.dec_head = nn.Linear(D, out, bias=False)
+        self.apply(self._init)
+        nn.init.normal_(self.recency_proj.weight, std=c.init_std)  # as small as the embeddings
+
+    def _init(self, m: nn.Module) -> None:
+        # embeddings small (init_std); linear maps variance-preserving (Xavier), so the
+        # L2-normalized heads start from well-spread directions rather than from their biases
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=self.config.init_std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def attach_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
+        """Fill the buffers derived from data: frozen item features (I, F) and training counts (I,)."""
+        if item_feats is not None:
+            if self.item_feats is None or tuple(item_feats.shape) != tuple(self.item_feats.shape):
+                raise ValueError(f"item features of shape {tuple(item_feats.shape)} do not fit the model "
+                                 f"(expects {None if self.item_feats is None else tuple(self.item_feats.shape)})")
+            self.item_feats.copy_(torch.as_tensor(item_feats, dtype=torch.float32))
+        if item_counts is not None:
+            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
+            cnt[0] = 0.0
+            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+
+    # ------------------------------------------------------------------ items
+    def item_repr(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) input-side item representation of `ids` (None = the whole table, (I, D))."""
+        x = 0
+        if self.feat_proj is not None:
+            n_ids = self.item_feats.shape[0] if ids is None else ids.numel()
+            if ids is None or n_ids >= self.item_feats.shape[0]:
+                tab = self.feat_proj(self.item_feats)  # project the table once, then gather
+                x = tab if ids is None else tab[ids]
+            else:
+                x = self.feat_proj(self.item_feats[ids])  # gather first (large catalogue, few ids)
+        if self.id_emb is not None:
+            x = x + (self.id_emb.weight if ids is None else self.id_emb(ids))
+        return x
+
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., out) L2-normalized candidate-side item vectors (the item tower)."""
+        return F.normalize(self.item_head(self.item_repr(ids)), dim=-1)
+
+    # ------------------------------------------------------------------ user tower
+    def _history(self, batch: dict[str, torch.Tensor], visible: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) event embeddings. `visible` (B, N) = the user's events up to the prediction
+        point; recency and time-since count from its newest event (hidden slots included, so the
+        encoder and the reconstruction decoder agree on every event's recency)."""
+        items = batch["items"]
+        x = self.item_repr(items)
+        if self.action_emb is not None:
+            x = x + self.action_emb(batch["actions"])
+        # recency: how many visible events come after this one (0 = newest visible)
+        rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # (B, N)
+        x = x + self.recency_proj(sinusoidal(rec.clamp(min=0), x.shape[-1]))
+        if self.time_emb is not None and "timestamps" in batch:
+            ts = batch["timestamps"]
+            last = torch.where(visible, ts, torch.zeros_like(ts)).amax(1, keepdim=True)  # newest visible time
+            x = x + self.time_emb(torch.where(visible, time_buckets(last - ts), torch.zeros_like(ts)))
+        return self.in_drop(self.in_ln(x))
+
+    def encode(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None,
+               need_weights: bool = False) -> QFormerOutput:
+        """User tokens (B, M, D) from the batch's history; `visible` (B, N) hides events."""
+        items = batch["items"]
+        if items.shape[1] > self.config.max_len:
+            items = items[:, -self.config.max_len:]
+            batch = {k: (v[:, -self.config.max_len:] if v.dim() == 2 else v) for k, v in batch.items()}
+            visible = None if visible is None else visible[:, -self.config.max_len:]
+        vis = items > 0 if visible is None else visible & (items > 0)
+        return self.encoder(self._history(batch, items > 0), vis, need_weights)
+
+    def user_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, M, out) L2-normalized user tokens in the retrieval space."""
+        return F.normalize(self.user_head(self.encode(batch).tokens), dim=-1)
+
+    # ------------------------------------------------------------------ API
+    def score(self, batch: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
+        """(B, I): max over the M tokens of token . item, computed in item chunks."""
+        z = self.user_tokens(batch)  # (B, M, d)
+        V = self.item_vectors()  # (I, d)
+        out = torch.empty(z.shape[0], V.shape[0], dtype=z.dtype, device=z.device)
+        for s in range(0, V.shape[0], chunk):
+            out[:, s : s + chunk] = torch.einsum("bmd,id->bmi", z, V[s : s + chunk]).amax(1)
+        out[:, 0] = float("-inf")
+        return out
+
+    def _cut(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row a cut index c (history = positions <= c) and the next item targets[c]."""
+        tgt = batch["targets"]  # (B, N)
+        has = tgt > 0
+        B, N = tgt.shape
+        if self.config.cut == "last" or not self.training:
+            c = torch.full((B,), N - 1, device=tgt.device)
+        else:
+            n_real = has.sum(1)  # real positions are the last n_real of the window
+            u = torch.rand(B, device=tgt.device)
+            c = N - 1 - (u * n_real.clamp(min=1)).long().clamp(max=N - 1)
+        return c, tgt.gather(1, c[:, None]).squeeze(1)
+
+    def _mask_slots(self, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Choose history slots to hide: (B, K) indices and (B, K) validity; never the newest."""
+        c = self.config
+        B, N = visible.shape
+        n_vis = visible.sum(1)
+        n_mask = torch.minimum((n_vis.float() * c.mask_ratio).ceil().long(), (n_vis - 1).clamp(min=0))
+        n_mask = n_mask.clamp(max=c.max_masked)
+        K = int(n_mask.max()) if B else 0
+        if K == 0:
+            return torch.zeros(B, 0, dtype=torch.long, device=visible.device), torch.zeros(B, 0, dtype=torch.bool, device=visible.device)
+        newest = N - 1 - visible.flip(1).long().argmax(1)  # index of the newest visible event
+        cand = visible.clone()
+        cand[torch.arange(B), newest] = False
+        r = torch.rand(B, N, device=visible.device).masked_fill(~cand, 2.0)
+        idx = r.topk(K, dim=1, largest=False).indices  # (B, K) random candidate slots first
+        ok = torch.arange(K, device=visible.device)[None, :] < n_mask[:, None]
+        return idx, ok
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        c = self.config
+        items = batch["items"]
+        if items.shape[1] > c.max_len:
+            batch = {k: (v[:, -c.max_len:] if v.dim() == 2 else v) for k, v in batch.items()}
+            items = batch["items"]
+        B, N = items.shape
+        cut, pos = self._cut(batch)  # (B,), (B,) next item after the cut
+        ar = torch.arange(N, device=items.device)
+        visible = (items > 0) & (ar[None, :] <= cut[:, None])
+        logs: dict[str, float] = {}
+        total = items.new_zeros((), dtype=torch.float32)
+        m_idx = m_ok = None
+        if c.recon_weight > 0 and c.mask_ratio > 0:
+            m_idx, m_ok = self._mask_slots(visible)
+            hide = torch.zeros_like(visible)
+            hide.scatter_(1, m_idx, m_ok)
+            enc_visible = visible & ~hide
+        else:
+            enc_visible = visible
+        tokens = self.encoder(self._history(batch, visible), enc_visible).tokens  # (B, M, D)
+        if c.itc_weight > 0:
+            la = self._itc(tokens, pos)
+            total = total + c.itc_weight * la
+            logs["itc"] = float(la.detach())
+        if m_idx is not None and m_idx.shape[1] > 0 and bool(m_ok.any()):
+            lb = self._recon(tokens, batch, visible, m_idx, m_ok)
+            total = total + c.recon_weight * lb
+            logs["recon"] = float(lb.detach())
+        logs["loss"] = float(total.detach())
+        logs["tau"] = float(1.0 / self.logit_scale.detach().exp())
+        return LossOutput(total, logs)
+
+    def _itc(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of max-over-tokens similarity against in-batch + sampled negatives."""
+        c = self.config
+        z = F.normalize(self.user_head(tokens), dim=-1)  # (B, M, d)
+        keep = pos > 0
+        z, pos = z[keep], pos[keep]
+        B = pos.shape[0]
+        rand = torch.randint(1, c.n_items + 1, (c.n_negatives,), device=pos.device)
+        cand = torch.cat([pos, rand])  # (C,) candidates: in-batch positives, then random ones
+        V = self.item_vectors(cand)  # (C, d)
+        sim = torch.einsum("bmd,cd->bmc", z, V).amax(1).float()  # (B, C)
+        logits = sim * self.logit_scale.exp().clamp(max=100.0)
+        if c.logq_correction:
+            # mixed sampler: B draws from the training frequency, n_negatives uniform draws
+            q = (B * self.item_logq[cand].exp() + c.n_negatives / c.n_items) / (B + c.n_negatives)
+            logits = logits - q.log()
+        hit = cand[None, :] == pos[:, None]  # accidental hits: the positive among the negatives
+        own = torch.zeros_like(hit)
+        own[torch.arange(B), torch.arange(B)] = True
+        logits = logits.masked_fill(hit & ~own, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(B, device=pos.device))
+
+    def _recon(self, tokens: torch.Tensor, batch: dict[str, torch.Tensor], visible: torch.Tensor,
+               m_idx: torch.Tensor, m_ok: torch.Tensor) -> torch.Tensor:
+        """Predict each hidden slot's item from the M tokens alone (softmax over the catalogue)."""
+        B, K = m_idx.shape
+        D = tokens.shape[-1]
+        rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # same recency as the encoder's input
+        q = self.mask_emb.expand(B, K, D) + self.recency_proj(sinusoidal(rec.gather(1, m_idx).clamp(min=0), D))
+        if self.action_emb is not None:
+            q = q + self.action_emb(batch["actions"].gather(1, m_idx))
+        if self.time_emb is not None and "timestamps" in batch:
+            ts = batch["timestamps"]
+            last = torch.where(visible, ts, torch.zeros_like(ts)).amax(1, keepdim=True)
+            q = q + self.time_emb(time_buckets(last - ts).gather(1, m_idx))
+        no_mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        for blk in self.decoder:
+            q, _ = blk(q, tokens, no_mask)  # slots attend to each other and to the tokens only
+        h = F.normalize(self.dec_head(self.dec_ln(q)), dim=-1)[m_ok]  # (P, d)
+        t = batch["items"].gather(1, m_idx)[m_ok]  # (P,) hidden items
+        W = self.item_vectors()[1:]  # (I-1, d) real items
+        return full_softmax_ce(h * self.recon_scale.exp().clamp(max=100.0), W, t - 1)
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def diagnostics(self, batch: dict[str, torch.Tensor], item_bucket: np.ndarray | None = None,
+                    targets: torch.Tensor | None = None) -> dict[str, object]:
+        """Token specialization on a batch of histories.
+
+        token_cosine:   mean pairwise cosine between a user's M output tokens (1 = collapsed)
+        attn_entropy:   (M,) mean entropy (nats) of each token's cross-attention over the history
+        win_share:      per popularity bucket, (M,) share of targets for which each token wins the max
+        """
+        out = self.encode(batch, need_weights=True)
+        z = F.normalize(self.user_head(out.tokens), dim=-1)  # (B, M, d)
+        B, M, _ = z.shape
+        cos = z @ z.transpose(1, 2)  # (B, M, M)
+        off = ~torch.eye(M, dtype=torch.bool, device=z.device)
+        res: dict[str, object] = {"token_cosine": float(cos[:, off].mean())}
+        w = out.attn.clamp(min=1e-12)  # (B, M, N+1)
+        ent = -(w * w.log()).sum(-1)  # (B, M)
+        res["attn_entropy"] = ent.mean(0).tolist()
+        res["attn_entropy_mean"] = float(ent.mean())
+        res["attn_null_share"] = float(out.attn[..., 0].mean())  # weight on the null key
+        if targets is not None:
+            keep = targets > 0
+            V = self.item_vectors(targets.clamp(min=0))  # (B, d)
+            win = torch.einsum("bmd,bd->bm", z, V).argmax(1)  # (B,) winning token
+            win, tg = win[keep].cpu().numpy(), targets[keep].cpu().numpy()
+            buckets = item_bucket[tg] if item_bucket is not None else np.zeros_like(tg)
+            share = {}
+            for b in np.unique(buckets):
+                cnt = np.bincount(win[buckets == b], minlength=M)
+                share[int(b)] = (cnt / max(cnt.sum(), 1)).tolist()
+            res["win_share"] = share
+            all_cnt = np.bincount(win, minlength=M)
+            p = all_cnt / max(all_cnt.sum(), 1)
+            res["win_perplexity"] = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+        return res

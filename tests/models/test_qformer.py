@@ -1,0 +1,222 @@
+"""Q-Former user tower: masking semantics, fast paths against references, both pre-training
+tasks, and learning on the synthetic world."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from crbr.data.batching import history_batch, train_batch
+from crbr.data.dataset import leave_one_out, train_item_counts
+from crbr.data.synthetic import SyntheticConfig, generate
+from crbr.eval.evaluator import Evaluator
+from crbr.models import build_model
+from crbr.models.qformer import MHA, QFormer, QFormerConfig
+
+torch.set_num_threads(1)
+
+
+def model(**kw) -> QFormer:
+    base = dict(n_items=50, n_actions=3, hidden=16, n_queries=4, n_layers=2, n_heads=2, dropout=0.0, n_negatives=8, max_len=64)
+    base.update(kw)
+    torch.manual_seed(0)
+    return QFormer(QFormerConfig(**base)).eval()
+
+
+def batch_of(seqs, L, actions=None):
+    B = len(seqs)
+    items = torch.zeros(B, L, dtype=torch.long)
+    acts = torch.zeros(B, L, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        if s:
+            items[b, L - len(s):] = torch.tensor(s)
+            acts[b, L - len(s):] = 1 if actions is None else torch.tensor(actions[b])
+    return {"items": items, "actions": acts, "lengths": (items > 0).sum(1)}
+
+
+@settings(max_examples=15, deadline=None)
+@given(seq=st.lists(st.integers(1, 50), min_size=0, max_size=12), extra=st.integers(0, 9))
+def test_left_padding_does_not_change_tokens_or_scores(seq, extra):
+    m = model()
+    a = batch_of([seq], len(seq) + 1)
+    b = batch_of([seq], len(seq) + 1 + extra)
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(a).tokens, m.encode(b).tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(m.score(a)[:, 1:], m.score(b)[:, 1:], atol=1e-5, rtol=1e-5)
+
+
+def test_history_is_a_set_up_to_its_encodings():
+    """Items never attend to each other: without recency/time encodings the tower is
+    permutation invariant over the history (a self-attention encoder would not be)."""
+    m = model(use_actions=False, use_time=False)
+    from crbr.models import qformer as q
+
+    orig = q.sinusoidal
+    q.sinusoidal = lambda x, d: torch.zeros(*x.shape, d)
+    try:
+        with torch.no_grad():
+            t1 = m.encode(batch_of([[3, 7, 9, 11]], 6)).tokens
+            t2 = m.encode(batch_of([[11, 3, 9, 7]], 6)).tokens
+    finally:
+        q.sinusoidal = orig
+    torch.testing.assert_close(t1, t2, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_events_do_not_influence_the_tokens():
+    m = model()
+    full = batch_of([[3, 7, 9, 11, 13]], 5)
+    vis = torch.tensor([[True, False, True, True, True]])
+    other = dict(full, items=full["items"].clone())
+    other["items"][0, 1] = 42  # change the hidden item
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(full, vis).tokens, m.encode(other, vis).tokens)
+        assert not torch.allclose(m.encode(full).tokens, m.encode(other).tokens)
+
+
+def test_empty_history_is_finite():
+    m = model()
+    with torch.no_grad():
+        s = m.score(batch_of([[], [4, 5]], 4))
+    assert torch.isfinite(s[:, 1:]).all() and (s[:, 0] == float("-inf")).all()
+
+
+def test_sdpa_matches_explicit_attention():
+    torch.manual_seed(1)
+    att = MHA(16, 4, 0.0).eval()
+    x, ctx = torch.randn(3, 5, 16), torch.randn(3, 9, 16)
+    mask = torch.rand(3, 9) > 0.3
+    mask[:, 0] = True
+    a, _ = att(x, ctx, mask)
+    b, w = att(x, ctx, mask, need_weights=True)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.all(w[~mask[:, None, :].expand_as(w)] == 0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, 5))
+
+
+def test_item_repr_table_and_gather_paths_agree():
+    m = model(feature_dim=8)
+    m.attach_data(item_feats=np.random.default_rng(0).normal(size=(51, 8)).astype(np.float32))
+    ids = torch.tensor([[1, 2, 50], [0, 7, 7]])
+    few = m.item_repr(ids)  # 6 ids < 51 rows: gather, then project
+    table = m.item_repr()[ids]  # project the table, then gather
+    torch.testing.assert_close(few, table, atol=1e-6, rtol=1e-6)
+
+
+def test_score_is_max_over_tokens_of_dot_products():
+    m = model()
+    b = batch_of([[1, 2, 3], [9]], 4)
+    with torch.no_grad():
+        z = m.user_tokens(b)  # (B, M, d)
+        V = m.item_vectors()
+        ref = torch.stack([(z[i] @ V.T).max(0).values for i in range(2)])
+        got = m.score(b, chunk=7)  # chunked over items
+    torch.testing.assert_close(got[:, 1:], ref[:, 1:])
+
+
+def test_itc_logq_and_accidental_hits():
+    """Hand-check of Task A's logits: logQ of the mixed sampler, hits of the positive masked."""
+    m = model(n_negatives=3, n_items=5)
+    m.attach_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
+    z = torch.randn(2, 4, 16)
+    pos = torch.tensor([2, 4])
+    torch.manual_seed(5)
+    got = m._itc(z, pos)
+    torch.manual_seed(5)
+    rand = torch.randint(1, 6, (3,))
+    cand = torch.cat([pos, rand])
+    zz = F.normalize(m.user_head(z), dim=-1)
+    V = m.item_vectors(cand)
+    sim = torch.einsum("bmd,cd->bmc", zz, V).amax(1) * m.logit_scale.exp()
+    p = torch.tensor([0, 10, 20, 30, 20, 20], dtype=torch.float64) / 100
+    q = (2 * p[cand] + 3 / 5) / 5
+    logits = sim - q.log().float()
+    for b in range(2):
+        for j in range(5):
+            if j != b and cand[j] == pos[b]:
+                logits[b, j] = float("-inf")
+    torch.testing.assert_close(got, F.cross_entropy(logits, torch.arange(2)))
+
+
+def test_mask_slots_never_hide_the_newest_or_padding():
+    m = model(mask_ratio=0.5, max_masked=3)
+    vis = torch.tensor([[False, True, True, True, True, True], [False, False, False, False, True, True],
+                        [False, False, False, False, False, True]])
+    for _ in range(20):
+        idx, ok = m._mask_slots(vis)
+        assert ok.sum(1).tolist() == [3, 1, 0]
+        for b in range(3):
+            chosen = idx[b][ok[b]].tolist()
+            assert len(set(chosen)) == len(chosen)
+            assert all(vis[b, i] for i in chosen) and 5 not in chosen
+
+
+def test_both_tasks_train_and_can_be_switched_off():
+    ds = generate(SyntheticConfig.tiny(seed=1)).dataset
+    split = leave_one_out(ds)
+    users = np.arange(16)
+    b = train_batch(ds, users, split.train_len[users], 32)
+    for kw, keys in [({}, {"itc", "recon"}), ({"recon_weight": 0.0}, {"itc"}), ({"itc_weight": 0.0}, {"recon"})]:
+        m = model(n_items=ds.n_items, n_actions=ds.n_actions, **kw).train()
+        out = m.loss(b)
+        assert keys <= set(out.logs) and not ({"itc", "recon"} - keys) & set(out.logs)
+        out.loss.backward()
+        assert torch.isfinite(out.loss)
+        assert m.encoder.queries.grad is not None and m.encoder.queries.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="nothing to train"):
+        QFormerConfig(n_items=5, itc_weight=0, recon_weight=0)
+
+
+def test_long_histories_run():
+    m = model(max_len=16384, n_items=1000)
+    L = 16384
+    items = torch.randint(1, 1001, (1, L))
+    with torch.no_grad():
+        z = m.encode({"items": items, "actions": torch.ones_like(items)}).tokens
+    assert z.shape == (1, 4, 16) and torch.isfinite(z).all()
+
+
+def test_learns_on_the_synthetic_world_with_and_without_features():
+    world = generate(SyntheticConfig.tiny(seed=2))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    counts = train_item_counts(ds, split)
+    ev = Evaluator(ds, split.test, counts, max_len=64, batch_size=256)
+    pop = torch.as_tensor(counts, dtype=torch.float32)
+    pop_ndcg = ev.evaluate(lambda b: pop.expand(len(b["items"]), -1)).metrics["NDCG@10"]
+    rng = np.random.default_rng(0)
+    feats = world.item_embeddings  # (I, 16) ground-truth item vectors as "frozen features"
+    settings = dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64)
+    for frozen in (False, True):
+        torch.manual_seed(0)
+        if not frozen:  # learnable ID embeddings only
+            m = build_model("qformer", settings, ds, split)
+        else:  # frozen features only: the ground-truth item vectors
+            m = QFormer(QFormerConfig(n_items=ds.n_items, n_actions=ds.n_actions, feature_dim=feats.shape[1],
+                                      use_id_embedding=False, **settings))
+            m.attach_data(item_feats=feats, item_counts=counts)
+        opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+        m.train()
+        for _ in range(400):
+            users = rng.choice(ds.n_users, 64, replace=False)
+            out = m.loss(train_batch(ds, users, split.train_len[users], 64))
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+        m.eval()
+        with torch.no_grad():
+            ndcg = ev.evaluate(m.score).metrics["NDCG@10"]
+        assert ndcg > 1.5 * pop_ndcg, (frozen, ndcg, pop_ndcg)
+
+
+def test_diagnostics_report_specialization():
+    ds = generate(SyntheticConfig.tiny(seed=1)).dataset
+    m = model(n_items=ds.n_items, n_actions=ds.n_actions)
+    users = np.arange(32)
+    b = history_batch(ds, users, np.asarray(ds.lengths())[users] - 1, 32)
+    tg = torch.as_tensor(np.asarray(ds.items)[ds.offsets[users] + np.asarray(ds.lengths())[users] - 1])
+    d = m.diagnostics(b, item_bucket=np.arange(ds.n_items + 1) % 5, targets=tg)
+    assert -1 <= d["token_cosine"] <= 1 and len(d["attn_entropy"]) == 4
+    assert all(0 <= e <= np.log(33) + 1e-5 for e in d["attn_entropy"])
+    assert sum(sum(v) for v in d["win_share"].values()) == pytest.approx(len(d["win_share"]))
+    assert 1 <= d["win_perplexity"] <= 4
