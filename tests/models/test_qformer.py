@@ -220,3 +220,27 @@ def test_diagnostics_report_specialization():
     assert all(0 <= e <= np.log(33) + 1e-5 for e in d["attn_entropy"])
     assert sum(sum(v) for v in d["win_share"].values()) == pytest.approx(len(d["win_share"]))
     assert 1 <= d["win_perplexity"] <= 4
+
+
+def test_trainer_writes_diagnostics_and_report_plots_them(tmp_path):
+    from crbr.cli.main import main
+    from crbr.config import ExperimentConfig, from_dict
+    from crbr.eval.report import read_diagnostics
+    from crbr.train.loop import Trainer
+
+    cfg = from_dict(ExperimentConfig, {
+        "name": "q", "data": {"name": "synthetic", "synthetic": {"seed": 3}},
+        "model": {"name": "qformer", "max_len": 32, "hidden": 16, "n_queries": 4, "n_layers": 1, "n_negatives": 16},
+        "train": {"epochs": 2, "batch_size": 64, "progress": False, "threads": 1}, "eval": {"batch_size": 128},
+        "out_dir": str(tmp_path)})
+    world = generate(SyntheticConfig.tiny(seed=3))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    m = build_model("qformer", cfg.model_params, ds, split)
+    Trainer(m, ds, split, cfg, max_len=32).fit()
+    rows = read_diagnostics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2] and len(rows[0]["attn_entropy"]) == 4
+    assert "diag_token_cosine" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert main(["report", str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "diagnostics.png").stat().st_size > 0

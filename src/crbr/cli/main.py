@@ -151,6 +151,14 @@ def cmd_features(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from ..eval.report import plot_run
+
+    for path in plot_run(args.run, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -211,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--batch-size", type=int, default=256, help="text encoder batch size (default 256)")
     ft.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     ft.set_defaults(func=cmd_features)
+
+    rp = sub.add_parser("report", help="plot a run's learning curves and model diagnostics (PNG)")
+    rp.add_argument("run", help="run directory written by crbr train (holds metrics.csv)")
+    rp.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
+    rp.set_defaults(func=cmd_report)
 
     qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table",
                         epilog=settings_help, formatter_class=fmt)

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.batching import TrainUsers
+from ..data.batching import TrainUsers, history_batch
 from ..data.dataset import SequenceDataset, Split, train_item_counts
 from ..eval.evaluator import Evaluator, EvalResult
 from .checkpoint import atomic_write_text, load_state, load_weights, save_state, save_weights
@@ -112,6 +112,29 @@ class Trainer:
         self.test_eval = build_evaluator(ds, split, "test", self.ec, max_len, counts)
 
     # ------------------------------------------------------------------ helpers
+    def _diagnostics(self, n_users: int = 512) -> dict[str, Any] | None:
+        """Model-specific diagnostics on a fixed sample of validation users, for models that
+        define `diagnostics(batch, item_bucket=, targets=)` (e.g. token specialization)."""
+        fn = getattr(self.model, "diagnostics", None)
+        if fn is None or not self.is_main:
+            return None
+        ev = self.split.valid
+        if len(ev) == 0:
+            return None
+        if getattr(self, "_diag_inputs", None) is None:
+            idx = np.sort(np.random.default_rng(0).choice(len(ev), min(n_users, len(ev)), replace=False))
+            users, hist = ev.users[idx], ev.hist_len[idx]
+            first = ev.target_items[ev.target_offsets[idx]]  # each user's first target
+            batch = history_batch(self.ds, users, hist, self.max_len)
+            self._diag_inputs = (batch, torch.as_tensor(first, dtype=torch.long))
+        batch, targets = self._diag_inputs
+        self.model.eval()
+        with torch.no_grad():
+            out = fn({k: v.to(self.device) for k, v in batch.items()}, item_bucket=self.valid_eval.bucket_of,
+                     targets=targets.to(self.device))
+        self.model.train()
+        return out
+
     def _autocast(self):
         if not self.tc.bf16:
             return contextlib.nullcontext()
@@ -223,6 +246,10 @@ class Trainer:
                 res = self.evaluate("valid")
                 row["eval_s"] = time.perf_counter() - t1
                 row.update({f"valid_{k}": v for k, v in res.metrics.items()})
+                diag = self._diagnostics()
+                if diag is not None and self.is_main:
+                    _append_jsonl(run_dir / "diagnostics.jsonl", {"epoch": epoch, **diag})
+                    row.update({f"diag_{k}": v for k, v in diag.items() if isinstance(v, (int, float))})
                 if tc.monitor not in res.metrics:
                     raise KeyError(f"train.monitor={tc.monitor!r} is not a metric; available: {sorted(res.metrics)}")
                 cur = res.metrics[tc.monitor]
@@ -319,6 +346,12 @@ class Trainer:
             "code_version": code_version(),
             "config": self.cfg.to_dict(),
         }
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """One JSON object per line (appended; a resumed run continues the file)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=float) + "\n")
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,89 @@
+"""Plots of a training run: learning curves from metrics.csv and model diagnostics from
+diagnostics.jsonl (e.g. the Q-Former's token specialization), written as PNG files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+
+def _read_metrics(run: Path) -> list[dict[str, float]]:
+    path = run / "metrics.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no metrics.csv (is {run} a run directory written by `crbr train`?)")
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+def read_diagnostics(run: Path) -> list[dict]:
+    """Rows of diagnostics.jsonl, one per evaluated epoch (the last row wins for a repeated epoch)."""
+    path = run / "diagnostics.jsonl"
+    if not path.exists():
+        return []
+    by_epoch: dict[int, dict] = {}
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}, line {i}: not JSON ({e})") from e
+        by_epoch[int(row["epoch"])] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
+    """Write the run's plots (PNG) into out_dir (default: RUN/plots); returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    run = Path(run)
+    out = Path(out_dir) if out_dir else run / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    rows = _read_metrics(run)
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(ep, [r.get("train_loss", np.nan) for r in rows])
+    ax[0].set(xlabel="epoch", ylabel="training loss", title="loss")
+    for key in ("valid_NDCG@10", "valid_HR@10", "valid_Recall@50"):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax[1].plot(*zip(*pts), marker=".", label=key.removeprefix("valid_"))
+    ax[1].set(xlabel="epoch", title="validation (full ranking)")
+    ax[1].legend()
+    fig.tight_layout()
+    written.append(out / "curves.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    diag = read_diagnostics(run)
+    if diag:
+        dep = [d["epoch"] for d in diag]
+        fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
+        if "token_cosine" in diag[0]:
+            ax[0].plot(dep, [d["token_cosine"] for d in diag], marker=".")
+            ax[0].set(xlabel="epoch", ylabel="mean pairwise cosine", title="token similarity (1 = collapsed)")
+        if "attn_entropy" in diag[0]:
+            ent = np.array([d["attn_entropy"] for d in diag])  # (epochs, M)
+            im = ax[1].imshow(ent.T, aspect="auto", origin="lower", extent=(dep[0] - 0.5, dep[-1] + 0.5, -0.5, ent.shape[1] - 0.5))
+            fig.colorbar(im, ax=ax[1], label="nats")
+            ax[1].set(xlabel="epoch", ylabel="token", title="cross-attention entropy per token")
+        if diag[-1].get("win_share"):
+            ws = diag[-1]["win_share"]
+            keys = sorted(ws, key=int)
+            mat = np.array([ws[k] for k in keys])  # (buckets, M)
+            im = ax[2].imshow(mat, aspect="auto", cmap="viridis")
+            fig.colorbar(im, ax=ax[2], label="share of targets")
+            ax[2].set(xlabel="token", ylabel="popularity bucket (0 = head)", yticks=range(len(keys)),
+                      yticklabels=keys, title=f"which token wins the max (epoch {dep[-1]})")
+        fig.tight_layout()
+        written.append(out / "diagnostics.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
