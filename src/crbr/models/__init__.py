@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import numpy as np
 
@@ -10,6 +11,7 @@ from ..data.dataset import SequenceDataset, Split, train_item_counts
 from .base import LossOutput, Recommender
 from .pinnerformer import PinnerFormer, PinnerFormerConfig
 from .qformer import QFormer, QFormerConfig, QFormerOutput
+from .two_tower import TwoTower, TwoTowerConfig
 from .sasrec import SASRec, SASRecConfig
 
 # name -> (model class, config class); used to rebuild a model from a checkpoint's config
@@ -17,6 +19,7 @@ MODELS: dict[str, tuple[type[Recommender], type]] = {
     "sasrec": (SASRec, SASRecConfig),
     "qformer": (QFormer, QFormerConfig),
     "pinnerformer": (PinnerFormer, PinnerFormerConfig),
+    "two_tower": (TwoTower, TwoTowerConfig),
 }
 
 
@@ -35,6 +38,10 @@ def model_config(name: str, params: dict | None, ds: SequenceDataset | None = No
         params["n_items"] = ds.n_items
         if "n_actions" in fields:
             params["n_actions"] = ds.n_actions
+        if "n_categories" in fields:
+            has = ds.cat_offsets is not None
+            params["n_categories"] = len(ds.category_names) if has else 0
+            params["max_item_categories"] = int(np.diff(np.asarray(ds.cat_offsets)).max(initial=0)) if has else 0
     if feature_dim is not None and "feature_dim" in fields:
         params["feature_dim"] = feature_dim
     from ..config import from_dict  # checks and coerces types (YAML reads "1e-12" as a string)
@@ -60,9 +67,12 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
     if ds is not None and hasattr(model, "attach_data"):
         counts = train_item_counts(ds, split) if split is not None else np.bincount(
             np.asarray(ds.items), minlength=ds.n_items + 1)
-        model.attach_data(item_feats=feats, item_counts=counts)
+        kw = {"item_feats": feats, "item_counts": counts}
+        if ds.cat_offsets is not None and "item_categories" in inspect.signature(model.attach_data).parameters:
+            kw["item_categories"] = (np.asarray(ds.cat_offsets), np.asarray(ds.cat_ids))
+        model.attach_data(**kw)
     return model
 
 
 __all__ = ["LossOutput", "Recommender", "SASRec", "SASRecConfig", "QFormer", "QFormerConfig", "QFormerOutput",
-           "PinnerFormer", "PinnerFormerConfig", "MODELS", "build_model", "model_config"]
+           "PinnerFormer", "PinnerFormerConfig", "TwoTower", "TwoTowerConfig", "MODELS", "build_model", "model_config"]

@@ -60,3 +60,34 @@ def full_softmax_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, chu
         logits = h @ W.T
         return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
     return _ChunkedSoftmaxCE.apply(h, W, targets, chunk)
+
+
+def batch_candidates(pos: torch.Tensor, n_random: int, n_items: int) -> torch.Tensor:
+    """(B + n_random,) candidate ids: the batch's positives (in-batch negatives for the other
+    rows), then `n_random` items drawn uniformly from 1..n_items."""
+    rand = torch.randint(1, n_items + 1, (n_random,), device=pos.device)
+    return torch.cat([pos, rand])
+
+
+def mixed_negative_infonce(logits: torch.Tensor, cand: torch.Tensor, pos: torch.Tensor, item_logq: torch.Tensor | None,
+                           n_items: int) -> torch.Tensor:
+    """InfoNCE where row b's positive is candidate b (see `batch_candidates`).
+
+    logits:    (B, C) scaled similarities of each row to each candidate
+    cand:      (C,) candidate ids, the first B are the rows' positives
+    item_logq: (I,) log training frequency of each item, or None for no correction. The
+               candidates are one draw of B items from the training frequency (the batch's
+               positives) plus C - B uniform draws, so each logit is corrected by the log of the
+               mixed sampling probability q_i = (B p_i + (C - B) / n_items) / C (logQ correction,
+               Yi et al. 2019; mixed negative sampling, Yang et al. 2020).
+    Candidates equal to a row's positive (other than its own column) are masked: accidental hits.
+    """
+    B, C = logits.shape
+    logits = logits.float()
+    if item_logq is not None:
+        q = (B * item_logq[cand].double().exp() + (C - B) / n_items) / C
+        logits = logits - q.log().float()
+    hit = cand[None, :] == pos[:, None]  # (B, C)
+    hit[torch.arange(B), torch.arange(B)] = False
+    logits = logits.masked_fill(hit, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(B, device=logits.device))

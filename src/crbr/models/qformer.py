@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import full_softmax_ce
+from .losses import batch_candidates, full_softmax_ce, mixed_negative_infonce
 
 
 @dataclass
@@ -108,6 +108,24 @@ def time_buckets(dt: torch.Tensor, n: int = 64) -> torch.Tensor:
     """Seconds since an event -> log2 bucket id in [1, n-1] (0 = padding / unknown)."""
     b = torch.floor(torch.log2(dt.clamp(min=0).float() + 1.0)).long() + 1
     return b.clamp(1, n - 1)
+
+
+def choose_cut(targets: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row a cut index c and the item that follows it (history = window positions <= c).
+
+    targets: (B, N) next-item targets of a left-padded training window (0 = none). The last
+    position is the newest event (c = N - 1, predicting the window's final target); with
+    `random` each row draws c uniformly among its positions that have a target.
+    Returns c (B,) and targets[b, c_b] (B,).
+    """
+    B, N = targets.shape
+    if not random:
+        c = torch.full((B,), N - 1, device=targets.device)
+    else:
+        n_real = (targets > 0).sum(1)  # positions with a target are the newest n_real of the window
+        u = torch.rand(B, device=targets.device)
+        c = N - 1 - (u * n_real.clamp(min=1)).long().clamp(max=N - 1)
+    return c, targets.gather(1, c[:, None]).squeeze(1)
 
 
 class MHA(nn.Module):
@@ -306,19 +324,6 @@ class QFormer(Recommender):
         out[:, 0] = float("-inf")
         return out
 
-    def _cut(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row a cut index c (history = positions <= c) and the next item targets[c]."""
-        tgt = batch["targets"]  # (B, N)
-        has = tgt > 0
-        B, N = tgt.shape
-        if self.config.cut == "last" or not self.training:
-            c = torch.full((B,), N - 1, device=tgt.device)
-        else:
-            n_real = has.sum(1)  # real positions are the last n_real of the window
-            u = torch.rand(B, device=tgt.device)
-            c = N - 1 - (u * n_real.clamp(min=1)).long().clamp(max=N - 1)
-        return c, tgt.gather(1, c[:, None]).squeeze(1)
-
     def _mask_slots(self, visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Choose history slots to hide: (B, K) indices and (B, K) validity; never the newest."""
         c = self.config
@@ -344,7 +349,7 @@ class QFormer(Recommender):
             batch = {k: (v[:, -c.max_len:] if v.dim() == 2 else v) for k, v in batch.items()}
             items = batch["items"]
         B, N = items.shape
-        cut, pos = self._cut(batch)  # (B,), (B,) next item after the cut
+        cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)  # (B,), (B,)
         ar = torch.arange(N, device=items.device)
         visible = (items > 0) & (ar[None, :] <= cut[:, None])
         logs: dict[str, float] = {}
@@ -376,21 +381,11 @@ class QFormer(Recommender):
         z = F.normalize(self.user_head(tokens), dim=-1)  # (B, M, d)
         keep = pos > 0
         z, pos = z[keep], pos[keep]
-        B = pos.shape[0]
-        rand = torch.randint(1, c.n_items + 1, (c.n_negatives,), device=pos.device)
-        cand = torch.cat([pos, rand])  # (C,) candidates: in-batch positives, then random ones
+        cand = batch_candidates(pos, c.n_negatives, c.n_items)  # (C,) in-batch positives, then random ones
         V = self.item_vectors(cand)  # (C, d)
-        sim = torch.einsum("bmd,cd->bmc", z, V).amax(1).float()  # (B, C)
-        logits = sim * self.logit_scale.exp().clamp(max=100.0)
-        if c.logq_correction:
-            # mixed sampler: B draws from the training frequency, n_negatives uniform draws
-            q = (B * self.item_logq[cand].exp() + c.n_negatives / c.n_items) / (B + c.n_negatives)
-            logits = logits - q.log()
-        hit = cand[None, :] == pos[:, None]  # accidental hits: the positive among the negatives
-        own = torch.zeros_like(hit)
-        own[torch.arange(B), torch.arange(B)] = True
-        logits = logits.masked_fill(hit & ~own, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(B, device=pos.device))
+        sim = torch.einsum("bmd,cd->bmc", z, V).amax(1)  # (B, C) max over tokens
+        logits = sim.float() * self.logit_scale.exp().clamp(max=100.0)
+        return mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
 
     def _recon(self, tokens: torch.Tensor, batch: dict[str, torch.Tensor], visible: torch.Tensor,
                m_idx: torch.Tensor, m_ok: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,254 @@
+"""Retrieval A: a Set-Transformer two-tower over the (frozen) Q-Former user tokens (seed 002 §3.2).
+
+User side: the pre-trained Q-Former's M output tokens (B, M, Dq) -> linear map to D -> Set
+Transformer blocks (SAB, or ISAB with inducing points for large M; Lee et al., ICML 2019) ->
+attention pooling (PMA with one learnable seed) -> u, L2-normalized. `pooling="mean"` replaces
+SAB + PMA by the mean of the mapped tokens: the ablation for the seed's premise that a learned
+aggregator beats averaging specialized tokens.
+
+Item side: a trainable tower over the frozen item features (+ optional ID and category
+embeddings) -> v, L2-normalized.
+
+Loss: InfoNCE on u . v / tau against in-batch negatives (logQ-corrected) and uniformly sampled
+negatives; tau learnable or fixed. Blocks are pre-norm (x + MHA(LN(x), LN(y)); x + FFN(LN(x))).
+
+The tower is loaded from a Q-Former checkpoint (`tower_checkpoint`) and frozen unless
+`finetune_tower`; its config is copied into this model's config so checkpoints are self-contained.
+Without a checkpoint a fresh tower is trained jointly (end to end).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LossOutput, Recommender
+from .losses import batch_candidates, mixed_negative_infonce
+from .qformer import MHA, QFormer, QFormerConfig, choose_cut
+
+
+@dataclass
+class TwoTowerConfig:
+    """n_items / n_actions / feature_dim / n_categories / max_item_categories are derived by `build_model`."""
+
+    n_items: int = 0
+    n_actions: int = 0
+    feature_dim: int = 0
+    item_features: str = ""  # frozen item features of the item tower ("" = ID/categories only)
+    n_categories: int = 0
+    max_item_categories: int = 0
+    tower_checkpoint: str = ""  # Q-Former .safetensors; "" = train a fresh tower end to end
+    tower: dict = field(default_factory=dict)  # the Q-Former's config (filled from the checkpoint)
+    finetune_tower: bool = False
+    hidden: int = 64  # D of the adapter and the item tower
+    out_dim: int = 64
+    pooling: str = "pma"  # "pma": SAB/ISAB + PMA; "mean": mean of the tokens (ablation)
+    set_blocks: int = 2
+    n_heads: int = 2
+    inducing_points: int = 0  # > 0: ISAB with this many inducing points instead of SAB
+    ffn_mult: int = 4
+    dropout: float = 0.1
+    use_id_embedding: bool = True
+    use_categories: bool = True
+    n_negatives: int = 512
+    logq_correction: bool = True
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    cut: str = "random"  # "random" cut point in the window or the "last" event (as the Q-Former)
+    init_std: float = 0.02
+
+    @property
+    def max_len(self) -> int:
+        return int(self.tower.get("max_len", 1024)) if self.tower else 1024
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("pma", "mean"):
+            raise ValueError(f"TwoTowerConfig.pooling: expected 'pma' or 'mean', got {self.pooling!r}")
+        if self.hidden % self.n_heads:
+            raise ValueError(f"TwoTowerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
+        if self.cut not in ("last", "random"):
+            raise ValueError(f"TwoTowerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
+        if not self.tower and self.tower_checkpoint:
+            from ..train.checkpoint import read_metadata
+
+            meta = read_metadata(self.tower_checkpoint)
+            if meta.get("model_name") != "qformer":
+                raise ValueError(f"{self.tower_checkpoint}: not a Q-Former checkpoint (model {meta.get('model_name')!r})")
+            self.tower = dict(meta["model_config"])
+
+
+class MAB(nn.Module):
+    """Multihead attention block MAB(X, Y) (Set Transformer), pre-norm."""
+
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+        super().__init__()
+        self.ln_q, self.ln_kv, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = MHA(d, n_heads, dropout)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # x: (B, n, D) queries; y: (B, m, D) the set attended to
+        x = x + self.drop(self.attn(self.ln_q(x), self.ln_kv(y))[0])
+        return x + self.drop(self.ffn(self.ln_f(x)))
+
+
+class SetBlock(nn.Module):
+    """SAB(X) = MAB(X, X), or ISAB(X) = MAB(X, MAB(I, X)) with k learnable inducing points."""
+
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, inducing: int = 0):
+        super().__init__()
+        self.mab = MAB(d, n_heads, ffn, dropout)
+        self.inducing = nn.Parameter(torch.randn(inducing, d) * 0.02) if inducing > 0 else None
+        self.mab_ind = MAB(d, n_heads, ffn, dropout) if inducing > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inducing is None:
+            return self.mab(x, x)
+        h = self.mab_ind(self.inducing.unsqueeze(0).expand(x.shape[0], -1, -1), x)  # (B, k, D)
+        return self.mab(x, h)
+
+
+class TwoTower(Recommender):
+    def __init__(self, config: TwoTowerConfig):
+        super().__init__()
+        self.config = c = config
+        if c.n_items <= 0:
+            raise ValueError("TwoTowerConfig.n_items must be set (build the model with crbr.models.build_model)")
+        tcfg = dict(c.tower) if c.tower else {}
+        tcfg.update(n_items=c.n_items, n_actions=tcfg.get("n_actions", c.n_actions))
+        self.tower = QFormer(QFormerConfig(**tcfg))
+        if c.tower_checkpoint and not c.finetune_tower:
+            self.tower.requires_grad_(False)
+        D, Dq = c.hidden, self.tower.config.hidden
+        self.adapter_in = nn.Linear(Dq, D)
+        if c.pooling == "pma":
+            self.set_blocks = nn.ModuleList(SetBlock(D, c.n_heads, c.ffn_mult * D, c.dropout, c.inducing_points)
+                                            for _ in range(c.set_blocks))
+            self.pma_seed = nn.Parameter(torch.randn(1, D) * c.init_std)
+            self.pma_ffn = nn.Sequential(nn.Linear(D, c.ffn_mult * D), nn.GELU(), nn.Linear(c.ffn_mult * D, D))
+            self.pma = MAB(D, c.n_heads, c.ffn_mult * D, c.dropout)
+        self.user_out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, c.out_dim, bias=False))
+        # item tower
+        self.register_buffer("item_feats", torch.zeros(c.n_items + 1, c.feature_dim) if c.feature_dim > 0 else None)
+        self.feat_proj = nn.Linear(c.feature_dim, D) if c.feature_dim > 0 else None
+        self.id_emb = nn.Embedding(c.n_items + 1, D, padding_idx=0) if c.use_id_embedding or c.feature_dim <= 0 else None
+        use_cat = c.use_categories and c.n_categories > 0 and c.max_item_categories > 0
+        self.cat_emb = nn.Embedding(c.n_categories + 1, D, padding_idx=0) if use_cat else None
+        # item -> its categories, shifted by one (0 = none), padded to max_item_categories
+        self.register_buffer("item_cats", torch.zeros(c.n_items + 1, c.max_item_categories, dtype=torch.long) if use_cat else None)
+        self.item_mlp = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, c.ffn_mult * D), nn.GELU(), nn.Linear(c.ffn_mult * D, c.out_dim, bias=False))
+        self.log_inv_tau = nn.Parameter(torch.tensor(math.log(1.0 / c.temperature)), requires_grad=c.learn_temperature)
+        self.register_buffer("item_logq", torch.full((c.n_items + 1,), -math.log(c.n_items)))
+        for name, m in self.named_modules():
+            if name.startswith("tower"):
+                continue
+            if isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=c.init_std)
+                with torch.no_grad():
+                    m.weight[0].zero_()
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def tower_frozen(self) -> bool:
+        return bool(self.config.tower_checkpoint) and not self.config.finetune_tower
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.tower_frozen:
+            self.tower.eval()  # a frozen tower keeps its dropout off
+        return self
+
+    def attach_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None,
+                    item_categories: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Fill data-derived buffers and load the pre-trained tower's weights."""
+        c = self.config
+        if c.tower_checkpoint:
+            from ..train.checkpoint import load_weights
+
+            load_weights(c.tower_checkpoint, self.tower)
+        if item_feats is not None:
+            if self.item_feats is None or tuple(item_feats.shape) != tuple(self.item_feats.shape):
+                raise ValueError(f"item features of shape {tuple(item_feats.shape)} do not fit the item tower")
+            self.item_feats.copy_(torch.as_tensor(item_feats, dtype=torch.float32))
+        if item_counts is not None:
+            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
+            cnt[0] = 0.0
+            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+        if item_categories is not None and self.item_cats is not None:
+            offsets, ids = (np.asarray(a) for a in item_categories)
+            tab = np.zeros(tuple(self.item_cats.shape), dtype=np.int64)
+            for i in range(1, min(len(offsets) - 1, tab.shape[0])):
+                cats = ids[offsets[i] : offsets[i + 1]][: tab.shape[1]]
+                tab[i, : len(cats)] = cats + 1
+            self.item_cats.copy_(torch.from_numpy(tab))
+
+    # ------------------------------------------------------------------ towers
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., out) L2-normalized item vectors of `ids` (None = the whole catalogue (I, out))."""
+        sel = (lambda t: t) if ids is None else (lambda t: t[ids])
+        x = 0
+        if self.feat_proj is not None:
+            x = self.feat_proj(sel(self.item_feats))
+        if self.id_emb is not None:
+            x = x + sel(self.id_emb.weight)
+        if self.cat_emb is not None:
+            cats = sel(self.item_cats)  # (..., C)
+            n = (cats > 0).sum(-1, keepdim=True).clamp(min=1)
+            x = x + self.cat_emb(cats).sum(-2) / n  # mean over the item's categories
+        return F.normalize(self.item_mlp(x), dim=-1)
+
+    def tokens(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, M, Dq) Q-Former tokens (no gradient into a frozen tower)."""
+        if self.tower_frozen:
+            with torch.no_grad():
+                return self.tower.encode(batch, visible).tokens
+        return self.tower.encode(batch, visible).tokens
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, M, Dq) tokens -> (B, out) L2-normalized user vector."""
+        x = self.adapter_in(tokens)  # (B, M, D)
+        if self.config.pooling == "mean":
+            u = x.mean(1)
+        else:
+            for blk in self.set_blocks:
+                x = blk(x)
+            seed = self.pma_seed.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, 1, D)
+            u = self.pma(seed, self.pma_ffn(x)).squeeze(1)  # PMA_1(X) = MAB(S, rFF(X))
+        return F.normalize(self.user_out(u), dim=-1)
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.pool(self.tokens(batch))
+
+    # ------------------------------------------------------------------ API
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        s = self.user_vectors(batch) @ self.item_vectors().T  # (B, I)
+        s[:, 0] = float("-inf")
+        return s
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        c = self.config
+        L = self.tower.config.max_len
+        if batch["items"].shape[1] > L:
+            batch = {k: (v[:, -L:] if v.dim() == 2 else v) for k, v in batch.items()}
+        items = batch["items"]
+        cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)
+        visible = (items > 0) & (torch.arange(items.shape[1], device=items.device)[None, :] <= cut[:, None])
+        keep = pos > 0
+        u = self.pool(self.tokens(batch, visible))[keep]  # (B, d)
+        pos = pos[keep]
+        cand = batch_candidates(pos, c.n_negatives, c.n_items)
+        logits = (u @ self.item_vectors(cand).T) * self.log_inv_tau.exp().clamp(max=100.0)
+        loss = mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
+        return LossOutput(loss, {"loss": float(loss.detach()), "tau": float(1.0 / self.log_inv_tau.detach().exp())})
+
+
+__all__ = ["TwoTower", "TwoTowerConfig", "MAB", "SetBlock"]
