@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = 128  # training windows per step (per process under DDP)
     windows: str = "last"  # "last": each user's newest max_len events; "all": every event is a target once per epoch
     window_stride: int = 0  # windows=all: events between window ends (0 = max_len); each window's newest stride events are its targets
+    length_bucketing: bool = False  # batch windows of similar length together (less padding; same data per epoch)
     lr: float = 1e-3
     weight_decay: float = 0.0
     beta2: float = 0.98

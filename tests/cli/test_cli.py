@@ -50,7 +50,10 @@ def test_overrides_and_unknown_keys(tmp_path):
 def test_every_config_in_configs_loads():
     for p in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(p)
-        assert cfg.model_name == "sasrec", p
+        from crbr.models import MODELS, model_config
+
+        assert cfg.model_name in MODELS, p
+        model_config(cfg.model_name, cfg.model_params)  # every model setting is known and well typed
 
 
 def test_data_prepare_train_evaluate_export(tmp_path, capsys):

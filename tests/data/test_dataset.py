@@ -65,12 +65,30 @@ def test_train_windows_match_a_python_reference(lengths, L):
     sp = leave_one_out(ds)
     users = TrainUsers(ds, sp, L)
     b = users.collate(list(range(len(users))))
+    W = b["items"].shape[1]  # columns that are padding in every row are trimmed
+    assert W == min(L, max(sp.train_len[users.users] - 1, default=1))
     for row, u in enumerate(users.users):
         seq = ds.user_items(u)[: sp.train_len[u]].tolist()
         inp, tgt = seq[:-1][-L:], seq[1:][-L:]
-        pad = [0] * (L - len(inp))
+        pad = [0] * (W - len(inp))
         assert b["items"][row].tolist() == pad + inp
         assert b["targets"][row].tolist() == pad + tgt
+
+
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(2, 40), min_size=1, max_size=40), bs=st.integers(1, 7), world=st.integers(1, 3))
+def test_length_buckets_cover_every_window_once(lengths, bs, world):
+    from crbr.data.batching import LengthBucketBatches
+
+    lens = np.asarray(lengths)
+    per_rank = [list(LengthBucketBatches(lens, bs, seed=1, pool=2, rank=r, world_size=world)) for r in range(world)]
+    assert len({len(p) for p in per_rank}) == 1  # every rank steps the same number of times
+    seen = [i for p in per_rank for b in p for i in b]
+    assert set(seen) == set(range(len(lens)))
+    if world == 1:
+        assert sorted(seen) == list(range(len(lens)))  # exactly once
+    for p in per_rank:
+        assert all(1 <= len(b) <= bs for b in p)
 
 
 def test_save_load_roundtrip(tmp_path):

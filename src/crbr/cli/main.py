@@ -5,6 +5,8 @@
   crbr evaluate --checkpoint runs/x/checkpoints/best.safetensors --export-topk top.parquet
   crbr features --config configs/sasrec_ml1m.yaml --spec text --out items.parquet   item features (cached)
   crbr quickstart                                            the whole job on the embedded synthetic world
+  crbr index build --vectors items.npy --kind hnsw --out idx/  an item index (exact, flat, hnsw, ivf_flat, ivf_pq)
+  crbr retrieve --index idx/ --queries users.npy -k 100 --out top.parquet   top-k items per query vector
 
 Every run is driven by a YAML config (see configs/) plus `section.key=value` overrides.
 """
@@ -231,7 +233,44 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
     qs.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     qs.set_defaults(func=cmd_quickstart)
+    _add_index_commands(sub)
     return p
+
+
+def _add_index_commands(sub) -> None:
+    """`crbr index build` and `crbr retrieve` (handlers in crbr.index.cli)."""
+
+    def run(name: str):
+        def handler(args) -> int:
+            from ..index import cli
+
+            return getattr(cli, name)(args)
+
+        return handler
+
+    param_help = ("index setting name=value, repeatable (M, ef_construction, ef_search, nlist, nprobe, pq_m, "
+                  "pq_nbits, refine, exact_below, train_size, seed; see crbr.index.IndexConfig)")
+    ix = sub.add_parser("index", help="item index commands")
+    isub = ix.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="build an item index from a vector file and save it to a directory")
+    b.add_argument("--vectors", required=True, help=".npy (I, d): row i = item id i, row 0 = padding (or with --ids: any rows)")
+    b.add_argument("--kind", default="flat", choices=["exact", "flat", "hnsw", "ivf_flat", "ivf_pq"])
+    b.add_argument("--param", action="append", metavar="NAME=VALUE", help=param_help)
+    b.add_argument("--ids", help=".npy (n,) explicit item id of each vector row")
+    b.add_argument("--categories-from", metavar="CONFIG|DATASET_DIR",
+                   help="item categories for scoped search, from an experiment config's dataset or a processed dataset dir")
+    b.add_argument("--threads", type=int, default=0, help="FAISS / torch threads (default: library default)")
+    b.add_argument("--out", required=True, help="index directory (written atomically)")
+    b.set_defaults(func=run("cmd_index_build"))
+    rt = sub.add_parser("retrieve", help="top-k items for query vectors from a saved index")
+    rt.add_argument("--index", required=True, help="directory written by crbr index build")
+    rt.add_argument("--queries", required=True, help=".npy (Q, d) query (user) vectors")
+    rt.add_argument("-k", type=int, default=100, help="items per query (default 100)")
+    rt.add_argument("--categories", help="only items of these categories: comma-separated ids (or names)")
+    rt.add_argument("--param", action="append", metavar="NAME=VALUE", help="search-time setting (ef_search, nprobe, refine, exact_below)")
+    rt.add_argument("--threads", type=int, default=0, help="FAISS / torch threads (default: library default)")
+    rt.add_argument("--out", required=True, help="output .parquet or .csv: query, rank, item_id, score")
+    rt.set_defaults(func=run("cmd_retrieve"))
 
 
 def main(argv: list[str] | None = None) -> int:

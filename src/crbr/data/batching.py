@@ -112,11 +112,70 @@ class TrainUsers(Dataset):
             older = torch.arange(self.max_len) < self.max_len - self.stride  # (L,)
             b["targets"] = b["targets"].masked_fill(older, 0)
             b["target_actions"] = b["target_actions"].masked_fill(older, 0)
-        return b
+        return trim_padding(b)
+
+    def window_lengths(self) -> np.ndarray:
+        """(len(self),) number of real input events in each window."""
+        return np.minimum(self.ends - 1, self.max_len)
+
+
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the leading columns that are padding in every row of a left-padded batch.
+
+    Models align positions from the newest event (the last column), so a shorter window changes
+    no result; it only saves the work on padding (a batch is as long as its longest history).
+    """
+    items = batch["items"]
+    n = max(int((items > 0).sum(1).max()) if items.numel() else 0, 1)
+    if n >= items.shape[1]:
+        return batch
+    return {k: (v[:, -n:] if v.dim() == 2 else v) for k, v in batch.items()}
+
+
+class LengthBucketBatches:
+    """Batch sampler that groups windows of similar length (less padding, same data per epoch).
+
+    Each epoch: shuffle all windows, cut the order into pools of `pool` batches, sort each pool
+    by length, cut it into batches, shuffle the batches. With `world_size` > 1 each rank takes
+    every world_size-th batch; ranks get the same number of batches (the last ones wrap around).
+    """
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int, pool: int = 50,
+                 rank: int = 0, world_size: int = 1):
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.pool = batch_size, seed, pool
+        self.rank, self.world = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        size = self.batch_size * self.pool
+        batches = []
+        for s in range(0, len(order), size):
+            chunk = order[s : s + size]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        perm = rng.permutation(len(batches))
+        batches = [batches[i] for i in perm]
+        if self.world > 1:
+            per_rank = -(-len(batches) // self.world)
+            batches = [batches[(self.rank + k * self.world) % len(batches)] for k in range(per_rank)]
+        return batches
+
+    def __iter__(self):
+        for b in self._batches():
+            yield b.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches())
 
 
 def eval_batches(ds: SequenceDataset, es: EvalSet, max_len: int, batch_size: int):
     """Yield (slice into es, history batch) for consecutive chunks of an EvalSet."""
     for s in range(0, len(es), batch_size):
         sl = slice(s, min(s + batch_size, len(es)))
-        yield sl, history_batch(ds, es.users[sl], es.hist_len[sl], max_len)
+        yield sl, trim_padding(history_batch(ds, es.users[sl], es.hist_len[sl], max_len))

@@ -298,14 +298,21 @@ class QFormer(Recommender):
             x = x + self.time_emb(torch.where(visible, time_buckets(last - ts), torch.zeros_like(ts)))
         return self.in_drop(self.in_ln(x))
 
+    def window(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None):
+        """Keep the newest max_len events and drop columns that are padding in every row
+        (windows are left-padded; attention here is order-free, so this changes no result)."""
+        items = batch["items"]
+        n = min(self.config.max_len, max(int((items > 0).sum(1).max()), 1) if items.numel() else 1)
+        if n < items.shape[1]:
+            batch = {k: (v[:, -n:] if v.dim() == 2 else v) for k, v in batch.items()}
+            visible = None if visible is None else visible[:, -n:]
+        return batch, visible
+
     def encode(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None,
                need_weights: bool = False) -> QFormerOutput:
         """User tokens (B, M, D) from the batch's history; `visible` (B, N) hides events."""
+        batch, visible = self.window(batch, visible)
         items = batch["items"]
-        if items.shape[1] > self.config.max_len:
-            items = items[:, -self.config.max_len:]
-            batch = {k: (v[:, -self.config.max_len:] if v.dim() == 2 else v) for k, v in batch.items()}
-            visible = None if visible is None else visible[:, -self.config.max_len:]
         vis = items > 0 if visible is None else visible & (items > 0)
         return self.encoder(self._history(batch, items > 0), vis, need_weights)
 
@@ -344,10 +351,8 @@ class QFormer(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config
+        batch, _ = self.window(batch)
         items = batch["items"]
-        if items.shape[1] > c.max_len:
-            batch = {k: (v[:, -c.max_len:] if v.dim() == 2 else v) for k, v in batch.items()}
-            items = batch["items"]
         B, N = items.shape
         cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)  # (B,), (B,)
         ar = torch.arange(N, device=items.device)

@@ -236,9 +236,7 @@ class TwoTower(Recommender):
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config
-        L = self.tower.config.max_len
-        if batch["items"].shape[1] > L:
-            batch = {k: (v[:, -L:] if v.dim() == 2 else v) for k, v in batch.items()}
+        batch, _ = self.tower.window(batch)
         items = batch["items"]
         cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)
         visible = (items > 0) & (torch.arange(items.shape[1], device=items.device)[None, :] <= cut[:, None])

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
-from ..data.batching import TrainUsers, history_batch
+from ..data.batching import LengthBucketBatches, TrainUsers, history_batch
 from ..data.dataset import SequenceDataset, Split, train_item_counts
 from ..eval.evaluator import Evaluator, EvalResult
 from .checkpoint import atomic_write_text, load_state, load_weights, save_state, save_weights
@@ -158,6 +158,11 @@ class Trainer:
         return res
 
     def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
+        if self.tc.length_bucketing:
+            bs = LengthBucketBatches(users.window_lengths(), self.tc.batch_size, self.tc.seed,
+                                     rank=self.dist.rank, world_size=self.dist.world_size)
+            bs.set_epoch(epoch)
+            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate)
         if self.dist.world_size > 1:
             sampler = DistributedSampler(users, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                          shuffle=True, seed=self.tc.seed, drop_last=False)

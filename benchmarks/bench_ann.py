@@ -1,0 +1,209 @@
+#!/usr/bin/env python
+"""Recall@100 and queries/second of the crbr.index kinds against exact brute force.
+
+usage: python benchmarks/bench_ann.py [--items 1000000] [--dim 64] [--queries 5000] [--threads 1]
+                                      [--quick] [--write]
+
+Data: a synthetic catalogue drawn from a Gaussian mixture — `--clusters` centres ~ N(0, I_d),
+each item = a random centre + N(0, sigma^2 I_d) noise (sigma = --sigma, default 1.0: the noise
+is as large as the spread of the centres, so clusters overlap), then L2-normalised (unit-norm
+item embeddings, as PinnerFormer's). Queries are fresh draws from the same distribution. Items
+are ids 1..items (row 0 = padding, as crbr indexes expect).
+
+For each index: build time, index size (bytes of the serialized FAISS index, or the vector
+matrix for the exact index), queries/second of one batched search of all queries (crbr's
+`ItemIndex.search`, so the id mapping and result sorting are included), and recall@100
+against `ExactIndex` (ties with the 100th exact score count as hits). The exact baseline for
+the speed-up column is the faster of ExactIndex (torch) and FAISS IndexFlatIP, timed in the
+same run. Bar: recall@100 >= 0.95 at >= 10x the exact queries/second for at least one index.
+
+--write puts the table into benchmarks/RESULTS.md between the bench_ann markers (replacing
+that section, or appending it at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import os
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+BEGIN, END = "<!-- bench_ann:begin -->", "<!-- bench_ann:end -->"
+
+
+def mixture(n: int, d: int, centres: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """(n, d) float32 unit vectors: centre + sigma * noise, normalised (in chunks)."""
+    out = np.empty((n, d), dtype=np.float32)
+    for a in range(0, n, 200_000):
+        m = min(200_000, n - a)
+        x = centres[rng.integers(0, len(centres), m)] + sigma * rng.standard_normal((m, d), dtype=np.float32)
+        out[a : a + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=5000)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--clusters", type=int, default=1000)
+    ap.add_argument("--sigma", type=float, default=1.0)
+    ap.add_argument("--threads", type=int, default=1, help="FAISS, torch and BLAS threads")
+    ap.add_argument("--nlist", type=int, default=2048, help="IVF lists")
+    ap.add_argument("--hnsw-m", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="100k items, 1000 queries, fewer settings: a smoke run")
+    ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--note", default="", help="a sentence on the machine's load, written with the results")
+    a = ap.parse_args()
+    if a.quick:
+        a.items, a.queries, a.nlist = min(a.items, 100_000), min(a.queries, 1000), min(a.nlist, 512)
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+    import faiss
+    import torch
+
+    from _common import machine_line
+    from crbr.index import ExactIndex, IndexConfig, build_index, recall_at_k
+
+    faiss.omp_set_num_threads(a.threads)
+    torch.set_num_threads(a.threads)
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(a.seed)
+    centres = rng.standard_normal((a.clusters, a.dim), dtype=np.float32)
+    V = np.empty((a.items + 1, a.dim), dtype=np.float32)
+    V[0] = 0.0
+    V[1:] = mixture(a.items, a.dim, centres, a.sigma, rng)
+    Q = mixture(a.queries, a.dim, centres, a.sigma, rng)
+    print(f"data: {a.items:,} items x {a.dim}, {a.queries:,} queries, {time.perf_counter() - t0:.1f}s", flush=True)
+
+    rows: list[dict] = []
+
+    def measure(index, label: str, settings: str, build_s: float, nbytes: int, exact=None, gt=None):
+        index.search(Q[: min(100, len(Q))], a.k)  # warm-up
+        t = time.perf_counter()
+        res = index.search(Q, a.k)
+        secs = time.perf_counter() - t
+        rec = 1.0 if gt is None else recall_at_k(res, gt, exact.score_items(Q, res.ids), a.k)
+        row = dict(index=label, settings=settings, build_s=build_s, bytes=nbytes, qps=len(Q) / secs, recall=rec)
+        rows.append(row)
+        print(f"  {label:10s} {settings:32s} build {build_s:7.1f}s  {nbytes / 2**20:8.1f} MiB  "
+              f"{row['qps']:9.0f} q/s  recall@{a.k} {rec:.4f}", flush=True)
+        return res
+
+    # exact references
+    t = time.perf_counter()
+    exact = build_index(V, "exact")
+    gt = measure(exact, "exact", "torch brute force, chunked", time.perf_counter() - t, exact.nbytes())  # ground truth
+    t = time.perf_counter()
+    flat = build_index(V, "flat")
+    measure(flat, "flat", "FAISS IndexFlatIP", time.perf_counter() - t, flat.nbytes(), exact, gt)
+    del flat
+    gc.collect()
+
+    # HNSW
+    t = time.perf_counter()
+    cfg = IndexConfig(kind="hnsw", M=a.hnsw_m, ef_construction=a.ef_construction)
+    hnsw = build_index(V, cfg)
+    hb, hbytes = time.perf_counter() - t, hnsw.nbytes()
+    for ef in ([100, 200] if a.quick else [100, 128, 200, 300, 500]):
+        hnsw.tune(ef_search=ef)
+        measure(hnsw, "hnsw", f"M={a.hnsw_m} efC={a.ef_construction} efSearch={ef}", hb, hbytes, exact, gt)
+    del hnsw
+    gc.collect()
+
+    # IVF-Flat
+    t = time.perf_counter()
+    ivf = build_index(V, IndexConfig(kind="ivf_flat", nlist=a.nlist))
+    ib, ibytes = time.perf_counter() - t, ivf.nbytes()
+    for nprobe in ([8, 32] if a.quick else [8, 16, 32, 64, 128]):
+        ivf.tune(nprobe=nprobe)
+        measure(ivf, "ivf_flat", f"nlist={a.nlist} nprobe={nprobe}", ib, ibytes, exact, gt)
+    del ivf
+    gc.collect()
+
+    # IVF-PQ, built once with the exact vectors kept for re-ranking; refine=0 searches the PQ part alone
+    pq_m = a.dim // 2
+    t = time.perf_counter()
+    pq = build_index(V, IndexConfig(kind="ivf_pq", nlist=a.nlist, pq_m=pq_m, pq_nbits=8, refine=4))
+    pb, pbytes = time.perf_counter() - t, pq.nbytes()
+    base_bytes = int(faiss.serialize_index(faiss.downcast_index(pq.index.base_index)).nbytes)
+    for nprobe in ([16] if a.quick else [16, 32, 64]):
+        for refine in ([0, 4] if a.quick else [0, 2, 4, 8]):
+            pq.tune(nprobe=nprobe, refine=refine)
+            label = "ivf_pq" if refine == 0 else "ivf_pq+rf"
+            measure(pq, label, f"nlist={a.nlist} m={pq_m}x8b nprobe={nprobe}" + (f" refine={refine}" if refine else ""),
+                    pb, base_bytes if refine == 0 else pbytes, exact, gt)
+    del pq
+    gc.collect()
+
+    exact_qps = max(r["qps"] for r in rows if r["index"] in ("exact", "flat"))
+    for r in rows:
+        r["speedup"] = r["qps"] / exact_qps
+    winners = [r for r in rows if r["recall"] >= 0.95 and r["speedup"] >= 10]
+    best = max(winners, key=lambda r: r["speedup"]) if winners else None
+    verdict = (f"**met**: {best['index']} {best['settings']} reaches recall@{a.k} {best['recall']:.3f} at "
+               f"{best['speedup']:.1f}x the exact queries/second ({len(winners)} settings meet it)") if best else "**not met**"
+    total = time.perf_counter() - t0
+    print(f"\nbar (recall@{a.k} >= 0.95 at >= 10x exact q/s): {verdict}; total {total / 60:.1f} min, peak RSS {rss_gib():.2f} GiB")
+
+    cmd = "python benchmarks/bench_ann.py " + " ".join(x for x in sys.argv[1:] if x != "--write")
+    table = ["| index | settings | build (s) | size (MiB) | queries/s | x exact | recall@%d |" % a.k,
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        table.append(f"| {r['index']} | {r['settings']} | {r['build_s']:.1f} | {r['bytes'] / 2**20:.1f} | "
+                     f"{r['qps']:,.0f} | {r['speedup']:.1f} | {r['recall']:.4f} |")
+    section = "\n".join([
+        BEGIN,
+        f"## ANN indexes vs exact search: {a.items:,} items x {a.dim} ({dt.date.today().isoformat()})",
+        "",
+        f"`{cmd.strip()}` (`benchmarks/bench_ann.py`), faiss-cpu {faiss.__version__}, torch {torch.__version__}.",
+        "",
+        f"- **Data**: Gaussian mixture, {a.clusters} centres ~ N(0, I), item = centre + N(0, {a.sigma}² I), "
+        f"L2-normalised; {a.items:,} items (ids 1..{a.items:,}), {a.queries:,} queries drawn from the same "
+        f"distribution (seed {a.seed}). Inner product, k = {a.k}.",
+        f"- **Measure**: one batched `ItemIndex.search` of all {a.queries:,} queries (after a 100-query warm-up); "
+        f"recall@{a.k} against ExactIndex, an item tied with the {a.k}th exact score counting as a hit; size = "
+        "serialized FAISS index (IVF-PQ without refine: the IVF-PQ part alone; with refine it also keeps the "
+        "float32 vectors), exact = the vector matrix. x exact = queries/s over the faster exact method "
+        f"({exact_qps:,.0f} q/s). IVF-PQ rows with and without refine share one build.",
+        f"- **Machine**: {machine_line()}; **{a.threads} thread(s)** (FAISS, torch, BLAS)"
+        + (f"; {a.note}" if a.note else "") + f". Total {total / 60:.1f} min, peak RSS {rss_gib():.2f} GiB.",
+        "",
+        *table,
+        "",
+        f"Bar (recall@{a.k} >= 0.95 at >= 10x the exact search's queries/second, batched, one index type): {verdict}.",
+        END,
+    ])
+    print("\n" + section)
+    if a.write:
+        path = ROOT / "benchmarks" / "RESULTS.md"
+        text = path.read_text()  # re-read right before writing: others edit this file too
+        if BEGIN in text and END in text:
+            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: section, text, flags=re.S)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        path.write_text(text)
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
