@@ -95,8 +95,14 @@ def worker_case(a: argparse.Namespace) -> dict:
     torch.set_num_threads(1)
     from torch import nn
 
+    import hashlib
+
+    import crbr.models.qformer as qf_mod
+    import crbr.models.sasrec as sa_mod
     from crbr.models.qformer import QFormerEncoder
     from crbr.models.sasrec import CausalBlock
+
+    code = {Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:12] for m in (qf_mod, sa_mod)}
 
     torch.manual_seed(0)
     B, N, D, L, H, M = a.batch, a.n, a.d, a.layers, a.heads, a.queries
@@ -165,6 +171,7 @@ def worker_case(a: argparse.Namespace) -> dict:
         "rss_base_mb": base / MiB, "peak_rss_mb": peak / MiB, "peak_mb": (peak - base) / MiB,
         "mask_input_mb": mask_bytes / MiB, "input_mb": x.numel() * 4 / MiB,
         "wall_s": time.perf_counter() - t_start, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "code_sha256": code,
     }
 
 
@@ -236,11 +243,12 @@ def build_section(res: dict, cmdline: str) -> str:
     lines = [
         "## Q-Former vs self-attention encoder: time and memory (benchmarks/bench_qformer_efficiency.py)",
         "",
-        f"Run {res['date']}, `{cmdline}`; dataset: synthetic random tensors (no real data).",
+        f"Run {res['date']} ({res['wall_s'] / 60:.1f} min), `{cmdline}`; dataset: synthetic random tensors (no real data).",
         f"Machine: {machine_line()}; torch {res['torch']}. **Threads: 1** (torch.set_num_threads(1), "
         "OMP_NUM_THREADS=MKL_NUM_THREADS=1) on a 2-core machine while another 1-thread job (a SASRec "
         "training run) used the other core, so shared cache / memory bandwidth were contended. Each "
         "(model, N, dtype) case ran in its own fresh subprocess, one at a time.",
+        f"Code: {res['code']['note']}.",
         "",
         f"Setup: batch B = {cfg['batch']}, width D = {cfg['d']}, depth {cfg['layers']} layers, {cfg['heads']} heads, "
         f"FFN {cfg['ffn_mult']}D = {cfg['ffn_mult'] * cfg['d']}, dropout 0, Q-Former M = {cfg['queries']} queries. "
@@ -275,7 +283,14 @@ def build_section(res: dict, cmdline: str) -> str:
           for k, r in res["cases"].items() if "reason" in r],
         f"- Q-Former time({n_hi:,}) / time({n_lo:,}): "
         + ", ".join(f"{dt} {x:.2f}" for dt, x in v["linear"]["ratios"].items())
-        + f" (data grows {n_hi // n_lo}x).",
+        + f" (data grows {n_hi // n_lo}x); with the fastest step instead of the median: "
+        + ", ".join(f"{dt} {x:.2f}" for dt, x in v["linear"].get("min_ratios", {}).items()) + ".",
+        *[f"- Self-attention N = {k.split('/')[1]} {k.split('/')[2]}: {r['median_ms'] / 1e3:.0f} s per step, so only "
+          f"{len(r['warmup_s'])} warm-up + {r['reps']} timed steps." for k, r in res["cases"].items()
+          if "median_ms" in r and r["reps"] <= 3],
+        f"- Timings carry noise from the shared machine: per-step times are in the JSON ({res.get('json', 'not kept')})"
+        + (f"; the fp32 matmul peak was {mm['fp32']['best_gflops']:.0f} GFLOPS before the cases and "
+           f"{res['matmul_after']['fp32']['best_gflops']:.0f} after." if res.get("matmul_after") else "."),
         "",
         f"**Bar 1, Q-Former time({n_hi:,}) / time({n_lo:,}) <= 20: {v['linear']['verdict']}** "
         f"({v['linear']['detail']}).",
@@ -305,15 +320,16 @@ def verdicts(res: dict) -> dict:
     n_lo = 1024 if 1024 in ns and 1024 < ns[-1] else ns[0]
     n_hi = ns[-1]
     n_mid = 4096 if 4096 in ns else ns[-1]
-    ratios, lin_ok = {}, True
+    ratios, min_ratios, lin_ok = {}, {}, True
     for dt in cfg["dtypes"]:
         lo, hi = cases.get(f"qformer/{n_lo}/{dt}", {}), cases.get(f"qformer/{n_hi}/{dt}", {})
         if "median_ms" in lo and "median_ms" in hi:
             ratios[dt] = hi["median_ms"] / lo["median_ms"]
+            min_ratios[dt] = hi["min_ms"] / lo["min_ms"]
             lin_ok &= ratios[dt] <= 20
         else:
             lin_ok = False
-    lin = {"n_lo": n_lo, "n_hi": n_hi, "ratios": ratios, "verdict": "met" if lin_ok and ratios else "missed",
+    lin = {"n_lo": n_lo, "n_hi": n_hi, "ratios": ratios, "min_ratios": min_ratios, "verdict": "met" if lin_ok and ratios else "missed",
            "detail": ", ".join(f"{dt}: {r:.2f}" for dt, r in ratios.items()) or "no data"}
     sm_ok, parts = True, []
     for dt in cfg["dtypes"]:
@@ -351,6 +367,8 @@ def main() -> None:
     ap.add_argument("--mem-margin-mb", type=float, default=3072, help="leave this much of MemAvailable free")
     ap.add_argument("--json", default=None)
     ap.add_argument("--results-md", default=None)
+    ap.add_argument("--from-json", default=None, help="re-render the section from this JSON of an earlier run "
+                    "(no measuring) and write it to --results-md (default benchmarks/RESULTS.md)")
     # worker mode (internal)
     ap.add_argument("--worker", choices=["case", "matmul"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", choices=["qformer", "selfattn"], default="qformer", help=argparse.SUPPRESS)
@@ -368,6 +386,17 @@ def main() -> None:
         print(json.dumps(out), flush=True)
         return
 
+    if a.from_json:
+        res = json.loads(Path(a.from_json).read_text())
+        res["verdicts"] = verdicts(res)
+        section = build_section(res, res["command"])
+        print(section)
+        md = a.results_md if a.results_md is not None else str(ROOT / "benchmarks" / "RESULTS.md")
+        if md:
+            write_section(Path(md), section)
+            print(f"wrote the section of {md}", flush=True)
+        return
+
     ns = a.ns or ([256, 1024] if a.quick else [256, 1024, 4096, 16384])
     max_reps = a.max_reps or (5 if a.quick else 20)
     budget = a.budget_s if a.budget_s is not None else (3.0 if a.quick else 15.0)
@@ -377,6 +406,10 @@ def main() -> None:
     cmdline = "python benchmarks/bench_qformer_efficiency.py" + ("".join(f" {x}" for x in sys.argv[1:]))
 
     t_run = time.perf_counter()
+    date = time.strftime("%Y-%m-%d %H:%M")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/crbr/models/qformer.py", "src/crbr/models/sasrec.py"],
+                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
     common = ["--batch", str(a.batch), "--d", str(a.d), "--layers", str(a.layers), "--heads", str(a.heads),
               "--ffn-mult", str(a.ffn_mult), "--queries", str(a.queries)]
     mm = spawn(["--worker", "matmul", "--size", str(mm_size), "--max-reps", "5" if a.quick else "10"], 600)
@@ -429,7 +462,7 @@ def main() -> None:
                                       f"{r['gflops']:.1f} GFLOPS" if "median_ms" in r else r["reason"]), flush=True)
     mm_after = spawn(["--worker", "matmul", "--size", str(mm_size), "--max-reps", "5" if a.quick else "10"], 600)
     res = {
-        "benchmark": "bench_qformer_efficiency", "date": time.strftime("%Y-%m-%d %H:%M"), "command": cmdline,
+        "benchmark": "bench_qformer_efficiency", "date": date, "command": cmdline,
         "dataset": "synthetic random tensors", "machine": machine(),
         "threads_note": "1 thread on a 2-core machine; another 1-thread job ran on the other core",
         "torch": mm.get("torch"),
@@ -439,9 +472,15 @@ def main() -> None:
         "matmul": mm, "matmul_after": mm_after if "error" not in mm_after else None,
         "cases": cases, "wall_s": time.perf_counter() - t_run,
     }
+    hashes = {json.dumps(c.get("code_sha256"), sort_keys=True) for c in cases.values() if c.get("code_sha256")}
+    res["code"] = {"head": head, "dirty_at_start": bool(dirty), "sha256": sorted(hashes),
+                   "note": f"git HEAD {head} at the start" + (" (qformer.py / sasrec.py modified in the working tree)" if dirty else "")
+                   + ("; the model files changed during the run (sha256 differ between cases: see the JSON)" if len(hashes) > 1
+                      else f"; model files sha256 {', '.join(f'{k} {v}' for k, v in json.loads(next(iter(hashes))).items())}" if hashes else "")}
     res["matmul_peak"] = {dt: max(m[dt]["best_gflops"] for m in (mm, mm_after) if "error" not in m)
                           for dt in ("fp32", "bf16")}
     res["verdicts"] = verdicts(res)
+    res["json"] = str(json_path)
     json_path.write_text(json.dumps(res, indent=1))
     section = build_section(res, cmdline)
     print("\n" + section, flush=True)

@@ -57,7 +57,8 @@ class QFormerConfig:
     n_layers: int = 2
     n_heads: int = 2
     ffn_mult: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the embedded history, residual branches and the FFN
+    attn_dropout: float = 0.0  # on attention weights (> 0 makes CPU attention take its slow, materialized path)
     out_dim: int = 0  # retrieval space width; 0 = hidden
     # Task A
     itc_weight: float = 1.0  # 0 switches Task A off
@@ -161,11 +162,13 @@ class MHA(nn.Module):
 
 
 class QFormerBlock(nn.Module):
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
-        self.ln_self, self.ln_cross, self.ln_kv, self.ln_ffn = (nn.LayerNorm(d) for _ in range(4))
-        self.self_attn = MHA(d, n_heads, dropout)
-        self.cross_attn = MHA(d, n_heads, dropout)
+        # no LayerNorm on the keys/values: the history is normalized once when it is embedded and
+        # never updated, and a per-block affine LN would be absorbed by the K/V projection anyway
+        self.ln_self, self.ln_cross, self.ln_ffn = (nn.LayerNorm(d) for _ in range(3))
+        self.self_attn = MHA(d, n_heads, attn_dropout)
+        self.cross_attn = MHA(d, n_heads, attn_dropout)
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
         self.drop = nn.Dropout(dropout)
 
@@ -174,7 +177,7 @@ class QFormerBlock(nn.Module):
         # q: (B, M, D); hist: (B, N, D); key_mask: (B, N)
         h = self.ln_self(q)
         q = q + self.drop(self.self_attn(h, h)[0])
-        a, w = self.cross_attn(self.ln_cross(q), self.ln_kv(hist), key_mask, need_weights)
+        a, w = self.cross_attn(self.ln_cross(q), hist, key_mask, need_weights)
         q = q + self.drop(a)
         return q + self.drop(self.ffn(self.ln_ffn(q))), w
 
@@ -182,11 +185,12 @@ class QFormerBlock(nn.Module):
 class QFormerEncoder(nn.Module):
     """M learnable queries x L blocks over a (B, N, D) history; returns (B, M, D) tokens."""
 
-    def __init__(self, d: int, n_queries: int, n_layers: int, n_heads: int, ffn: int, dropout: float, init_std: float = 0.02):
+    def __init__(self, d: int, n_queries: int, n_layers: int, n_heads: int, ffn: int, dropout: float, init_std: float = 0.02,
+                 attn_dropout: float = 0.0):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(n_queries, d) * init_std)
         self.null_key = nn.Parameter(torch.randn(1, 1, d) * init_std)
-        self.blocks = nn.ModuleList(QFormerBlock(d, n_heads, ffn, dropout) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(QFormerBlock(d, n_heads, ffn, dropout, attn_dropout) for _ in range(n_layers))
         self.ln_out = nn.LayerNorm(d)
 
     def forward(self, hist: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False) -> QFormerOutput:
@@ -220,7 +224,7 @@ class QFormer(Recommender):
         self.recency_proj = nn.Linear(D, D, bias=False)
         self.in_ln = nn.LayerNorm(D)
         self.in_drop = nn.Dropout(c.dropout)
-        self.encoder = QFormerEncoder(D, c.n_queries, c.n_layers, c.n_heads, c.ffn_mult * D, c.dropout, c.init_std)
+        self.encoder = QFormerEncoder(D, c.n_queries, c.n_layers, c.n_heads, c.ffn_mult * D, c.dropout, c.init_std, c.attn_dropout)
         self.user_head = nn.Linear(D, out, bias=False)  # tokens -> retrieval space
         self.item_head = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, out, bias=False))  # item tower
         t0 = math.log(1.0 / c.init_temperature)
@@ -230,7 +234,7 @@ class QFormer(Recommender):
         self.register_buffer("item_logq", torch.full((c.n_items + 1,), -math.log(c.n_items)))
         if c.recon_weight > 0:
             self.mask_emb = nn.Parameter(torch.zeros(D))
-            self.decoder = nn.ModuleList(QFormerBlock(D, c.n_heads, c.ffn_mult * D, c.dropout) for _ in range(c.decoder_layers))
+            self.decoder = nn.ModuleList(QFormerBlock(D, c.n_heads, c.ffn_mult * D, c.dropout, c.attn_dropout) for _ in range(c.decoder_layers))
             self.dec_ln = nn.LayerNorm(D)
             self.dec_head = nn.Linear(D, out, bias=False)
         self.apply(self._init)
@@ -281,6 +285,11 @@ class QFormer(Recommender):
         return F.normalize(self.item_head(self.item_repr(ids)), dim=-1)
 
     # ------------------------------------------------------------------ user tower
+    def recency_table(self, n: int) -> torch.Tensor:
+        """(n, D) learned map of the sinusoidal code of recency 0..n-1 (gathered per event)."""
+        pos = torch.arange(n, device=self.recency_proj.weight.device)
+        return self.recency_proj(sinusoidal(pos, self.config.hidden))
+
     def _history(self, batch: dict[str, torch.Tensor], visible: torch.Tensor) -> torch.Tensor:
         """(B, N, D) event embeddings. `visible` (B, N) = the user's events up to the prediction
         point; recency and time-since count from its newest event (hidden slots included, so the
@@ -291,7 +300,7 @@ class QFormer(Recommender):
             x = x + self.action_emb(batch["actions"])
         # recency: how many visible events come after this one (0 = newest visible)
         rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # (B, N)
-        x = x + self.recency_proj(sinusoidal(rec.clamp(min=0), x.shape[-1]))
+        x = x + self.recency_table(x.shape[1])[rec.clamp(min=0)]
         if self.time_emb is not None and "timestamps" in batch:
             ts = batch["timestamps"]
             last = torch.where(visible, ts, torch.zeros_like(ts)).amax(1, keepdim=True)  # newest visible time
@@ -398,7 +407,7 @@ class QFormer(Recommender):
         B, K = m_idx.shape
         D = tokens.shape[-1]
         rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # same recency as the encoder's input
-        q = self.mask_emb.expand(B, K, D) + self.recency_proj(sinusoidal(rec.gather(1, m_idx).clamp(min=0), D))
+        q = self.mask_emb.expand(B, K, D) + self.recency_table(visible.shape[1])[rec.gather(1, m_idx).clamp(min=0)]
         if self.action_emb is not None:
             q = q + self.action_emb(batch["actions"].gather(1, m_idx))
         if self.time_emb is not None and "timestamps" in batch:
