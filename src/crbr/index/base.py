@@ -408,8 +408,12 @@ class ItemIndex(abc.ABC):
                     if n_bad:
                         log.warning("%r returned %d out-of-scope items; dropped", self, n_bad)
                 scores[r], pos[r] = s, p
+        self._release()
         ids = np.where(pos >= 0, self.ids[pos.clip(min=0)] if self.ntotal else -1, -1)
         return SearchResult(scores=scores, ids=ids.astype(np.int64))
+
+    def _release(self) -> None:
+        """Drop per-scope caches (selectors, gathered vectors) at the end of a search."""
 
     def _query_step(self) -> int:
         return self.config.query_batch

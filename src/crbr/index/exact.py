@@ -44,6 +44,9 @@ class ExactIndex(ItemIndex):
         s, r = exact_topk(queries, self._subset[1], k, cb)
         return s, np.where(r >= 0, allowed[r.clip(min=0)], -1)
 
+    def _release(self) -> None:
+        self._subset = None
+
     def score_items(self, queries: Any, item_ids: np.ndarray) -> np.ndarray:
         """(Q, k) exact scores of the given item ids per query (-inf for ids not in the index / -1)."""
         x = torch.from_numpy(as_queries(queries, self.d))

@@ -166,6 +166,9 @@ class FaissIndex(ItemIndex):
         self._cache["vec"] = (allowed, vec)
         return vec
 
+    def _release(self) -> None:
+        self._cache.clear()
+
     def _exact_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the allowed items' stored vectors (PQ-decoded for ivf_pq without refine)."""
         s, r = exact_topk(queries, self._reconstruct(allowed), k, self.config.chunk_bytes)

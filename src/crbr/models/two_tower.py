@@ -20,7 +20,8 @@ Without a checkpoint a fresh tower is trained jointly (end to end).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"TwoTowerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
-        if not self.tower and self.tower_checkpoint:
+        if not self.tower and self.tower_checkpoint and Path(self.tower_checkpoint).exists():
             from ..train.checkpoint import read_metadata
 
             meta = read_metadata(self.tower_checkpoint)
@@ -120,6 +121,9 @@ class TwoTower(Recommender):
         self.config = c = config
         if c.n_items <= 0:
             raise ValueError("TwoTowerConfig.n_items must be set (build the model with crbr.models.build_model)")
+        if c.tower_checkpoint and not c.tower:
+            raise FileNotFoundError(f"TwoTowerConfig.tower_checkpoint: {c.tower_checkpoint} does not exist "
+                                    "(train the Q-Former first, e.g. crbr train -c configs/qformer_ml1m.yaml)")
         tcfg = dict(c.tower) if c.tower else {}
         tcfg.update(n_items=c.n_items, n_actions=tcfg.get("n_actions", c.n_actions))
         self.tower = QFormer(QFormerConfig(**tcfg))

@@ -346,6 +346,8 @@ class Trainer:
             "seconds_per_epoch": r.seconds_per_epoch,
             "train_seconds": r.train_seconds,
             "peak_rss_mb": r.peak_rss_mb,
+            "n_params": sum(p.numel() for p in self.model.parameters()),
+            "n_trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "world_size": self.dist.world_size,
             "seed": self.tc.seed,
             "code_version": code_version(),

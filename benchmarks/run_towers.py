@@ -1,0 +1,168 @@
+"""User towers side by side on a real dataset: Q-Former (Task A + B, A only, B only; max-sim
+retrieval), PinnerFormer-style, Retrieval A (Set Transformer + PMA over the frozen A+B Q-Former)
+and its mean-pooling ablation, plus any SASRec run given with --sasrec-run.
+
+usage: python benchmarks/run_towers.py --dataset ml-1m [--threads 1] [--minutes 15] [--only NAME ...]
+
+Every model trains through `crbr train` in its own process with the same split and evaluation
+(leave-one-out, full ranking over the whole catalogue, early stopping on validation NDCG@10,
+capped at --minutes of training each); the test metrics of the best validation epoch are
+reported with history masked (the setting of the published SASRec numbers) and, from the same
+checkpoint, with history not masked. The table goes between the run_towers markers of
+benchmarks/RESULTS.md (one section per dataset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+TAG = {"ml-1m": "ml1m", "Beauty": "beauty"}
+
+# name -> (config stem, overrides); the two-tower runs get their tower checkpoint at run time
+RUNS = {
+    "qformer_ab": ("qformer", []),
+    "qformer_a": ("qformer", ["model.recon_weight=0.0"]),
+    "qformer_b": ("qformer", ["model.itc_weight=0.0"]),
+    "pinnerformer": ("pinnerformer", []),
+    "two_tower_pma": ("two_tower", ["model.pooling=pma"]),
+    "two_tower_mean": ("two_tower", ["model.pooling=mean"]),
+}
+LABEL = {
+    "qformer_ab": "Q-Former A+B (max-sim)", "qformer_a": "Q-Former A only (max-sim)",
+    "qformer_b": "Q-Former B only (max-sim)", "pinnerformer": "PinnerFormer-style",
+    "two_tower_pma": "Retrieval A: SAB + PMA", "two_tower_mean": "Retrieval A: mean pooling (ablation)",
+    "sasrec": "SASRec (foundation)",
+}
+
+
+def crbr(*args: str) -> str:
+    cmd = [sys.executable, "-m", "crbr.cli.main", *args]
+    print("$", " ".join(cmd), flush=True)
+    out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    sys.stderr.write(out.stderr[-3000:])
+    return out.stdout
+
+
+def parse_table(text: str) -> dict[str, float]:
+    """Metrics from EvalResult.format(): the K rows, MRR and the tail bucket."""
+    m: dict[str, float] = {}
+    for k, hr, ndcg, rec, _cov in re.findall(r"^\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)$", text, re.M):
+        m[f"HR@{k}"], m[f"NDCG@{k}"], m[f"Recall@{k}"] = float(hr), float(ndcg), float(rec)
+    tail = re.findall(r"\(tail\) HR@10 ([0-9.]+)", text)
+    if tail:
+        m["tail_HR@10"] = float(tail[-1])
+    return m
+
+
+def train(name: str, dataset: str, out: Path, threads: int, minutes: float, extra: list[str]) -> dict:
+    stem, overrides = RUNS[name]
+    run_dir = out / f"{name}_{TAG[dataset]}"
+    cfg = ROOT / "configs" / f"{stem}_{TAG[dataset]}.yaml"
+    args = ["train", "-c", str(cfg), f"out_dir={run_dir}", f"train.threads={threads}", "train.progress=false",
+            f"train.max_minutes={minutes}", *overrides, *extra]
+    t0 = time.perf_counter()
+    crbr(*args)
+    res = json.loads((run_dir / "results.json").read_text())
+    res["wall_s"] = time.perf_counter() - t0
+    res["run_dir"] = str(run_dir)
+    res["command"] = "crbr " + " ".join(a if not a.startswith(str(ROOT)) else os.path.relpath(a, ROOT) for a in args)
+    ck = run_dir / "checkpoints" / "best.safetensors"
+    res["unmasked"] = parse_table(crbr("evaluate", "--checkpoint", str(ck), "--no-mask-history"))
+    return res
+
+
+def from_run(run_dir: Path) -> dict:
+    res = json.loads((run_dir / "results.json").read_text())
+    res["run_dir"], res["command"] = str(run_dir), f"(existing run {run_dir})"
+    ck = run_dir / "checkpoints" / "best.safetensors"
+    res["masked"] = parse_table(crbr("evaluate", "--checkpoint", str(ck), "--mask-history"))
+    res["unmasked"] = parse_table(crbr("evaluate", "--checkpoint", str(ck), "--no-mask-history"))
+    return res
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = [
+        "| model | HR@10 | NDCG@10 | Recall@50 | tail HR@10 | HR@10 / NDCG@10 unmasked | epochs (best) | train min | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        t = r.get("masked") or {**r["test"], "tail_HR@10": r["test_bucket_hr10"][-1]}
+        u = r["unmasked"]
+        lines.append(
+            f"| {LABEL.get(name, name)} | {t['HR@10']:.4f} | {t['NDCG@10']:.4f} | {t['Recall@50']:.4f} | "
+            f"{t['tail_HR@10']:.4f} | {u['HR@10']:.4f} / {u['NDCG@10']:.4f} | {r['epochs_run']} ({r['best_epoch']}) | "
+            f"{r['train_seconds'] / 60:.1f} | {r.get('n_params', '')} |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, dataset: str, section: str) -> None:
+    begin, end = f"<!-- run_towers:{dataset}:begin -->", f"<!-- run_towers:{dataset}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## User towers on {dataset} (benchmarks/run_towers.py)\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="ml-1m", choices=list(TAG))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=15.0, help="training wall-clock cap per model")
+    ap.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--sasrec-run", help="an existing SASRec run directory to report beside the towers")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "towers"))
+    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
+    args = ap.parse_args()
+    if not SHARED.is_dir():
+        sys.exit(f"{SHARED} not found: the benchmark needs ../shared/data")
+    out = Path(args.out)
+    store = out / f"results_{TAG[args.dataset]}.json"
+    results: dict[str, dict] = json.loads(store.read_text()) if store.exists() else {}
+    for name in args.only:
+        extra = list(args.overrides)
+        if name.startswith("two_tower"):
+            tower = Path(results.get("qformer_ab", {}).get("run_dir", out / f"qformer_ab_{TAG[args.dataset]}"))
+            extra.append(f"model.tower_checkpoint={tower / 'checkpoints' / 'best.safetensors'}")
+        results[name] = train(name, args.dataset, out, args.threads, args.minutes, extra)
+        out.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(results, indent=1, default=float))  # keep finished runs
+    if args.sasrec_run:
+        results["sasrec"] = from_run(Path(args.sasrec_run))
+        store.write_text(json.dumps(results, indent=1, default=float))
+    any_r = next(iter(results.values()))
+    section = "\n".join([
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/run_towers.py {' '.join(sys.argv[1:])}`; "
+        f"machine: {machine_line()}; {args.threads} thread(s) per run; code {any_r['code_version']}.",
+        f"Protocol: {any_r['protocol']}; {any_r['split']}; seed {any_r['seed']}. Columns HR@10 .. tail HR@10 with "
+        "history masked; the unmasked column re-scores the same checkpoint with history items ranked too. "
+        f"Training capped at {args.minutes:g} min per model (early stopping on validation NDCG@10 otherwise).",
+        "",
+        *[f"- {LABEL.get(n, n)}: `{r['command']}`" for n, r in results.items()],
+        "",
+        table(results),
+    ])
+    print(section)
+    if args.results_md:
+        write_section(Path(args.results_md), args.dataset, section)
+
+
+if __name__ == "__main__":
+    main()
