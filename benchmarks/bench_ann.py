@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Recall@100 and queries/second of the crbr.index kinds against exact brute force.
 
-usage: python benchmarks/bench_ann.py [--items 1000000] [--dim 64] [--queries 5000] [--threads 1]
-                                      [--quick] [--write]
+usage: python benchmarks/bench_ann.py [--data mixture|sphere] [--items 1000000] [--dim 64]
+                                      [--queries 5000] [--threads 1] [--quick] [--write]
 
-Data: a synthetic catalogue drawn from a Gaussian mixture — `--clusters` centres ~ N(0, I_d),
-each item = a random centre + N(0, sigma^2 I_d) noise (sigma = --sigma, default 1.0: the noise
-is as large as the spread of the centres, so clusters overlap), then L2-normalised (unit-norm
-item embeddings, as PinnerFormer's). Queries are fresh draws from the same distribution. Items
-are ids 1..items (row 0 = padding, as crbr indexes expect).
+Data: a synthetic catalogue, L2-normalised (unit-norm item embeddings, as PinnerFormer's), items
+= ids 1..items (row 0 = padding, as crbr indexes expect); queries are fresh draws from the same
+distribution.
+  mixture  Gaussian mixture: `--clusters` centres ~ N(0, I_d), item = a random centre +
+           N(0, sigma^2 I_d) (sigma = --sigma, default 1.0: noise as large as the spread of the
+           centres). With 1M items and 1000 clusters a query's top-100 lies mostly inside its own
+           cluster, which IVF's k-means lists find easily.
+  sphere   isotropic: N(0, I_d) normalised, uniform on the sphere: no structure, the hard case.
 
 For each index: build time, index size (bytes of the serialized FAISS index, or the vector
 matrix for the exact index), queries/second of one batched search of all queries (crbr's
@@ -29,6 +32,7 @@ import gc
 import os
 import re
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,14 +45,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 BEGIN, END = "<!-- bench_ann:begin -->", "<!-- bench_ann:end -->"
 
 
-def mixture(n: int, d: int, centres: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """(n, d) float32 unit vectors: centre + sigma * noise, normalised (in chunks)."""
+def mixture(n: int, d: int, centres: np.ndarray, sigma: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(n, d) float32 unit vectors (centre + sigma * noise, normalised, in chunks) and (n,) centre labels."""
     out = np.empty((n, d), dtype=np.float32)
+    labels = rng.integers(0, len(centres), n)
     for a in range(0, n, 200_000):
         m = min(200_000, n - a)
-        x = centres[rng.integers(0, len(centres), m)] + sigma * rng.standard_normal((m, d), dtype=np.float32)
+        x = centres[labels[a : a + m]] + sigma * rng.standard_normal((m, d), dtype=np.float32)
         out[a : a + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+    return out, labels
 
 
 def rss_gib() -> float:
@@ -57,6 +62,7 @@ def rss_gib() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", choices=["mixture", "sphere"], default="mixture")
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--queries", type=int, default=5000)
@@ -89,11 +95,14 @@ def main() -> None:
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(a.seed)
-    centres = rng.standard_normal((a.clusters, a.dim), dtype=np.float32)
+    centres = rng.standard_normal((a.clusters if a.data == "mixture" else 1, a.dim), dtype=np.float32)
+    if a.data == "sphere":  # one centre at the origin, unit noise: isotropic
+        centres[:] = 0.0
+        a.sigma = 1.0
     V = np.empty((a.items + 1, a.dim), dtype=np.float32)
     V[0] = 0.0
-    V[1:] = mixture(a.items, a.dim, centres, a.sigma, rng)
-    Q = mixture(a.queries, a.dim, centres, a.sigma, rng)
+    V[1:], labels = mixture(a.items, a.dim, centres, a.sigma, rng)
+    Q, q_labels = mixture(a.queries, a.dim, centres, a.sigma, rng)
     print(f"data: {a.items:,} items x {a.dim}, {a.queries:,} queries, {time.perf_counter() - t0:.1f}s", flush=True)
 
     rows: list[dict] = []
@@ -120,6 +129,7 @@ def main() -> None:
     t = time.perf_counter()
     exact = build_index(V, "exact")
     gt = measure(exact, "exact", "torch brute force, chunked", time.perf_counter() - t, exact.nbytes())  # ground truth
+    own = float((labels[gt.ids - 1] == q_labels[:, None]).mean())  # share of the exact top-k in the query's cluster
     t = time.perf_counter()
     flat = build_index(V, "flat")
     measure(flat, "flat", "FAISS IndexFlatIP", time.perf_counter() - t, flat.nbytes(), exact, gt, nq=min(len(Q), 1000))
@@ -172,20 +182,28 @@ def main() -> None:
     total = time.perf_counter() - t0
     print(f"\nbar (recall@{a.k} >= 0.95 at >= 10x exact q/s): {verdict}; total {total / 60:.1f} min, peak RSS {rss_gib():.2f} GiB")
 
-    cmd = "python benchmarks/bench_ann.py " + " ".join(x for x in sys.argv[1:] if x != "--write")
+    argv, skip = [], False
+    for x in sys.argv[1:]:  # the command as run, without --write and the --note text
+        if skip or x == "--write" or x.startswith("--note"):
+            skip = x == "--note"
+            continue
+        argv.append(x)
+    cmd = shlex.join(["python", "benchmarks/bench_ann.py", *argv])
+    data_line = (f"Gaussian mixture, {a.clusters} centres ~ N(0, I), item = centre + N(0, {a.sigma}² I), L2-normalised "
+                 f"({own:.1%} of a query's exact top-{a.k} lie in the query's own cluster, which IVF's k-means lists "
+                 "find easily)" if a.data == "mixture" else "isotropic N(0, I) L2-normalised (uniform on the sphere, no clusters)")
     table = ["| index | settings | build (s) | size (MiB) | queries/s | x exact | recall@%d |" % a.k,
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         table.append(f"| {r['index']} | {r['settings']} | {r['build_s']:.1f} | {r['bytes'] / 2**20:.1f} | "
                      f"{r['qps']:,.0f} | {r['speedup']:.1f} | {r['recall']:.4f} |")
-    section = "\n".join([
-        BEGIN,
-        f"## ANN indexes vs exact search: {a.items:,} items x {a.dim} ({dt.date.today().isoformat()})",
+    block = "\n".join([
+        f"<!-- bench_ann:run {a.data} -->",
+        f"### {a.data}: {a.items:,} items x {a.dim} ({dt.date.today().isoformat()})",
         "",
         f"`{cmd.strip()}` (`benchmarks/bench_ann.py`), faiss-cpu {faiss.__version__}, torch {torch.__version__}.",
         "",
-        f"- **Data**: Gaussian mixture, {a.clusters} centres ~ N(0, I), item = centre + N(0, {a.sigma}² I), "
-        f"L2-normalised; {a.items:,} items (ids 1..{a.items:,}), {a.queries:,} queries drawn from the same "
+        f"- **Data**: {data_line}; {a.items:,} items (ids 1..{a.items:,}), {a.queries:,} queries drawn from the same "
         f"distribution (seed {a.seed}). Inner product, k = {a.k}.",
         f"- **Measure**: one batched `ItemIndex.search` of all {a.queries:,} queries (FAISS flat: the first "
         f"{min(a.queries, 1000):,}) after a 100-query warm-up; "
@@ -199,18 +217,32 @@ def main() -> None:
         *table,
         "",
         f"Bar (recall@{a.k} >= 0.95 at >= 10x the exact search's queries/second, batched, one index type): {verdict}.",
-        END,
     ])
-    print("\n" + section)
+    print("\n" + block)
     if a.write:
-        path = ROOT / "benchmarks" / "RESULTS.md"
-        text = path.read_text()  # re-read right before writing: others edit this file too
-        if BEGIN in text and END in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda m: section, text, flags=re.S)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        path.write_text(text)
-        print(f"wrote {path}")
+        write_block(ROOT / "benchmarks" / "RESULTS.md", a.data, block)
+
+
+def write_block(path: Path, data: str, block: str) -> None:
+    """Put this run's block into the bench_ann section of RESULTS.md (one block per --data kind,
+    the others kept); the section replaces the old one in place or is appended at the end."""
+    text = path.read_text()  # re-read right before writing: others edit this file too
+    blocks: dict[str, str] = {}
+    m = re.search(re.escape(BEGIN) + "(.*?)" + re.escape(END), text, flags=re.S)
+    if m:
+        for part in re.split(r"(?=<!-- bench_ann:run \w+ -->)", m.group(1)):
+            k = re.match(r"<!-- bench_ann:run (\w+) -->", part)
+            if k:
+                blocks[k.group(1)] = part.strip()
+    blocks[data] = block
+    section = "\n".join([BEGIN, "## ANN indexes vs exact search (`benchmarks/bench_ann.py`)", "",
+                         "\n\n".join(blocks[k] for k in sorted(blocks)), END])
+    if m:
+        text = text[: m.start()] + section + text[m.end() :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

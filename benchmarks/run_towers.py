@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--dataset", default="ml-1m", choices=list(TAG))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=15.0, help="training wall-clock cap per model")
-    ap.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS))
+    ap.add_argument("--only", nargs="*", choices=list(RUNS), default=list(RUNS),
+                    help="models to (re)train; none = only rewrite the table from stored results")
     ap.add_argument("--sasrec-run", help="an existing SASRec run directory to report beside the towers")
     ap.add_argument("--out", default=str(ROOT / "runs" / "towers"))
     ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))

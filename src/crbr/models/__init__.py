@@ -9,6 +9,7 @@ import numpy as np
 
 from ..data.dataset import SequenceDataset, Split, train_item_counts
 from .base import LossOutput, Recommender
+from .crbr_model import CRBR, CRBRConfig
 from .pinnerformer import PinnerFormer, PinnerFormerConfig
 from .qformer import QFormer, QFormerConfig, QFormerOutput
 from .two_tower import TwoTower, TwoTowerConfig
@@ -20,6 +21,7 @@ MODELS: dict[str, tuple[type[Recommender], type]] = {
     "qformer": (QFormer, QFormerConfig),
     "pinnerformer": (PinnerFormer, PinnerFormerConfig),
     "two_tower": (TwoTower, TwoTowerConfig),
+    "crbr": (CRBR, CRBRConfig),
 }
 
 
@@ -75,4 +77,4 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
 
 
 __all__ = ["LossOutput", "Recommender", "SASRec", "SASRecConfig", "QFormer", "QFormerConfig", "QFormerOutput",
-           "PinnerFormer", "PinnerFormerConfig", "TwoTower", "TwoTowerConfig", "MODELS", "build_model", "model_config"]
+           "PinnerFormer", "PinnerFormerConfig", "TwoTower", "TwoTowerConfig", "CRBR", "CRBRConfig", "MODELS", "build_model", "model_config"]

@@ -1,0 +1,297 @@
+"""Retrieval B: CRBR, Conditional Residual Beam Retrieval (seed 000; seed 002 §3.3).
+
+A stack of L routing blocks turns one user context Q into B query vectors, one per beam path.
+Block l owns a codebook C(l) (M_l x D residual prototypes, shared by all paths and users) and a
+routing MLP f(l) (Linear -> ReLU -> Linear):
+
+    h = f(l)(concat(Q, v))          v = the path's accumulated vector (v(0) = 0)     (.., D)
+    z = h . C(l)^T                  affinity to every code                          (.., M_l)
+
+Training (one soft path per example): Gumbel-softmax pi = softmax((z + g) / tau), soft residual
+r = pi . C(l), v <- v + r; q~ = v(L) / ||v(L)||. Loss (seed 000 §5):
+
+    L = L_NCE + alpha L_Align + beta L_Balance
+    L_NCE      InfoNCE of q~ against the positive item (in-batch + uniform negatives, logQ-corrected)
+    L_Align    ||v(l) - i+||^2, averaged over the layers l = 1..L (or only l = L: align="last")
+    L_Balance  sum_l sum_j pibar_j log pibar_j, pibar = the batch-averaged pi of layer l
+
+Inference (beam search, seed 000 §3.3 mode B): Score = S + log softmax(z) over all B x M_l
+candidates, top-B kept, hard residual c_j*, path score kept; q = v(L) / ||v(L)||; one ANN
+search per path through the common index interface, then merge & sort (union, duplicates
+removed keeping the best score, optional per-path quota); every item keeps the path that found
+it. Everything is batched over users and beams (no Python loop over either).
+
+Q and the item vectors come from a trained Retrieval A checkpoint (`base_checkpoint`): Q is its
+pooled Q-Former user vector and the items are its item tower's vectors; both stay frozen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LossOutput, Recommender
+from .losses import batch_candidates, mixed_negative_infonce
+from .qformer import choose_cut
+from .two_tower import TwoTower, TwoTowerConfig
+
+
+@dataclass
+class CRBRConfig:
+    """n_items is derived by `build_model`; `base` is copied from the Retrieval A checkpoint."""
+
+    n_items: int = 0
+    n_actions: int = 0
+    base_checkpoint: str = ""  # Retrieval A (two_tower) .safetensors: user context Q and item vectors
+    base: dict = field(default_factory=dict)  # its config (filled from the checkpoint)
+    codebook_sizes: list[int] = field(default_factory=lambda: [64, 64, 64])  # M_l per layer; L = len
+    router_hidden: int = 128
+    beam: int = 4  # B at inference
+    tau_start: float = 1.0  # Gumbel temperature, annealed tau = max(tau_min, tau_start * exp(-tau_decay * step))
+    tau_min: float = 0.3
+    tau_decay: float = 1e-4
+    alpha: float = 0.1  # L_Align weight
+    beta: float = 0.1  # L_Balance weight
+    align: str = "all"  # "all": mean over layers of ||v(l) - i+||^2; "last": only v(L)
+    nce_temperature: float = 0.05
+    n_negatives: int = 512
+    logq_correction: bool = True
+    cut: str = "random"
+
+    def __post_init__(self) -> None:
+        if not self.codebook_sizes or min(self.codebook_sizes) < 1:
+            raise ValueError(f"CRBRConfig.codebook_sizes must be a non-empty list of sizes >= 1, got {self.codebook_sizes}")
+        if self.align not in ("all", "last"):
+            raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
+        if not self.base and self.base_checkpoint and Path(self.base_checkpoint).exists():
+            from ..train.checkpoint import read_metadata
+
+            meta = read_metadata(self.base_checkpoint)
+            if meta.get("model_name") != "two_tower":
+                raise ValueError(f"{self.base_checkpoint}: not a Retrieval A (two_tower) checkpoint")
+            self.base = dict(meta["model_config"])
+
+    @property
+    def max_len(self) -> int:
+        return int(self.base.get("tower", {}).get("max_len", 1024)) if self.base else 1024
+
+
+@dataclass
+class BeamOutput:
+    """Result of the beam search for a batch of U users with B beams and L layers.
+
+    queries:  (U, B, D) L2-normalized query vector of each path
+    codes:    (U, B, L) code chosen at each layer
+    scores:   (U, B) path score (sum of log-probabilities), best first
+    """
+
+    queries: torch.Tensor
+    codes: torch.Tensor
+    scores: torch.Tensor
+
+
+@dataclass
+class PathRetrieval:
+    """Merged retrieval: ids/scores (U, k) best first, `path` (U, k) the beam that found each item
+    (-1 on padding), and the beams themselves for explanation."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    path: np.ndarray
+    beams: BeamOutput
+
+
+class RoutingBlock(nn.Module):
+    """One layer: codebook C (M, D) and routing MLP f: concat(Q, v) (2D) -> h (D); z = h . C^T."""
+
+    def __init__(self, d_ctx: int, d: int, m: int, hidden: int):
+        super().__init__()
+        self.codebook = nn.Parameter(torch.randn(m, d) * 0.05)
+        self.mlp = nn.Sequential(nn.Linear(d_ctx + d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+
+    def logits(self, ctx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # ctx: (..., Dq) broadcast to v's leading shape; v: (..., D) -> z: (..., M)
+        ctx = ctx.expand(*v.shape[:-1], ctx.shape[-1])
+        return self.mlp(torch.cat([ctx, v], -1)) @ self.codebook.T
+
+
+class CRBR(Recommender):
+    def __init__(self, config: CRBRConfig):
+        super().__init__()
+        self.config = c = config
+        if c.n_items <= 0:
+            raise ValueError("CRBRConfig.n_items must be set (build the model with crbr.models.build_model)")
+        if c.base_checkpoint and not c.base:
+            raise FileNotFoundError(f"CRBRConfig.base_checkpoint: {c.base_checkpoint} does not exist "
+                                    "(train Retrieval A first: crbr train -c configs/two_tower_*.yaml)")
+        bcfg = dict(c.base) if c.base else {}
+        bcfg.update(n_items=c.n_items, n_actions=bcfg.get("n_actions", c.n_actions))
+        self.base = TwoTower(TwoTowerConfig(**bcfg))
+        self.base.requires_grad_(False)
+        D = self.base.config.out_dim
+        self.blocks = nn.ModuleList(RoutingBlock(D, D, m, c.router_hidden) for m in c.codebook_sizes)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("item_logq", torch.full((c.n_items + 1,), -math.log(c.n_items)))
+        self._item_category: np.ndarray | None = None  # (I,) primary category, for diagnostics
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.base.eval()  # frozen
+        return self
+
+    def attach_data(self, item_feats=None, item_counts=None, item_categories=None) -> None:
+        """Load the Retrieval A weights, the training counts (logQ); start layer 1 at items."""
+        c = self.config
+        if c.base_checkpoint:
+            from ..train.checkpoint import load_weights
+
+            load_weights(c.base_checkpoint, self.base)
+        if item_counts is not None:
+            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
+            cnt[0] = 0.0
+            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+        if item_categories is not None:
+            off, ids = (np.asarray(a) for a in item_categories)
+            has = np.diff(off) > 0
+            self._item_category = np.where(has, np.asarray(ids)[np.minimum(off[:-1], max(len(ids) - 1, 0))], -1)
+        with torch.no_grad():  # coarse anchors: layer-1 codes start at random item vectors
+            V = self.item_vectors()[1:]
+            g = torch.Generator().manual_seed(0)
+            pick = torch.randperm(V.shape[0], generator=g)[: self.blocks[0].codebook.shape[0]]
+            self.blocks[0].codebook[: len(pick)] = V[pick]
+
+    # ------------------------------------------------------------------ frozen base
+    def item_vectors(self) -> torch.Tensor:
+        """(I, D) the frozen item tower's vectors (cached per set of base weights)."""
+        with torch.no_grad():
+            return self.base.item_vectors()
+
+    def context(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None) -> torch.Tensor:
+        """(U, D) user context Q: the base's pooled Q-Former user vector."""
+        with torch.no_grad():
+            return self.base.pool(self.base.tokens(batch, visible))
+
+    def tau(self) -> float:
+        c = self.config
+        return max(c.tau_min, c.tau_start * math.exp(-c.tau_decay * float(self.step)))
+
+    # ------------------------------------------------------------------ training mode
+    def soft_path(self, ctx: torch.Tensor, tau: float, hard: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Gumbel-softmax path: q~ (U, D), the states v(l) (U, D) and the selections pi(l) (U, M_l)."""
+        v = torch.zeros_like(ctx)
+        states, pis = [], []
+        for blk in self.blocks:
+            z = blk.logits(ctx, v)  # (U, M)
+            pi = F.gumbel_softmax(z, tau=tau, hard=hard, dim=-1)  # softmax((z + g) / tau)
+            v = v + pi @ blk.codebook  # soft residual r = sum_j pi_j c_j
+            states.append(v)
+            pis.append(pi)
+        return F.normalize(v, dim=-1), states, pis
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        c = self.config
+        batch, _ = self.base.tower.window(batch)
+        items = batch["items"]
+        cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)
+        visible = (items > 0) & (torch.arange(items.shape[1], device=items.device)[None, :] <= cut[:, None])
+        keep = pos > 0
+        ctx = self.context(batch, visible)[keep]
+        pos = pos[keep]
+        tau = self.tau()
+        q, states, pis = self.soft_path(ctx, tau)
+        V = self.item_vectors()
+        cand = batch_candidates(pos, c.n_negatives, c.n_items)
+        logits = (q @ V[cand].T) / c.nce_temperature
+        l_nce = mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
+        target = V[pos]  # (U, D) i+
+        used = states if c.align == "all" else states[-1:]
+        l_align = torch.stack([((v - target) ** 2).sum(-1).mean() for v in used]).mean()
+        l_bal = torch.stack([(p.mean(0) * torch.log(p.mean(0).clamp(min=1e-12))).sum() for p in pis]).sum()
+        loss = l_nce + c.alpha * l_align + c.beta * l_bal
+        if self.training:
+            self.step += 1
+        return LossOutput(loss, {"loss": float(loss.detach()), "nce": float(l_nce.detach()),
+                                 "align": float(l_align.detach()), "balance": float(l_bal.detach()), "tau": tau})
+
+    # ------------------------------------------------------------------ inference mode
+    @torch.no_grad()
+    def beam_search(self, ctx: torch.Tensor, beam: int | None = None) -> BeamOutput:
+        """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams."""
+        B = beam or self.config.beam
+        U, D = ctx.shape
+        v = ctx.new_zeros(U, 1, D)  # one empty path per user
+        S = ctx.new_zeros(U, 1)
+        codes = torch.zeros(U, 1, 0, dtype=torch.long, device=ctx.device)
+        for blk in self.blocks:
+            M = blk.codebook.shape[0]
+            logp = F.log_softmax(blk.logits(ctx[:, None, :], v), dim=-1)  # (U, b, M)
+            cand = (S[:, :, None] + logp).reshape(U, -1)  # (U, b*M)
+            k = min(B, cand.shape[1])
+            S, idx = cand.topk(k, dim=1)  # (U, k) best first
+            parent, code = idx // M, idx % M
+            v = v.gather(1, parent[:, :, None].expand(-1, -1, D)) + blk.codebook[code]  # hard residual c_j*
+            codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, codes.shape[2])), code[:, :, None]], 2)
+        return BeamOutput(F.normalize(v, dim=-1), codes, S)
+
+    def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None) -> BeamOutput:
+        return self.beam_search(self.context(batch), beam)
+
+    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(U, I) exact reference of path retrieval: max over the beams of q_b . item."""
+        out = self.beams(batch)
+        V = self.item_vectors()
+        s = torch.einsum("ubd,id->ubi", out.queries, V).amax(1)
+        s[:, 0] = float("-inf")
+        return s
+
+    def retrieve(self, batch: dict[str, torch.Tensor], k: int, index=None, per_path_k: int | None = None,
+                 quota: int | None = None, beam: int | None = None) -> PathRetrieval:
+        """Beam search, one search per path (through `index`, a crbr.index ItemIndex, or exact),
+        then merge & sort. Returns the top-k items with the path that found each."""
+        from ..index import build_index
+        from ..index.retrieval import merge_results
+
+        out = self.beams(batch, beam)
+        U, B, D = out.queries.shape
+        if index is None:
+            index = build_index(self.item_vectors(), "exact")
+        kk = per_path_k or k
+        flat = index.search(out.queries.reshape(U * B, D).cpu().numpy(), kk)  # one batched call for all paths
+        per_path = [type(flat)(flat.scores.reshape(U, B, -1)[:, b], flat.ids.reshape(U, B, -1)[:, b]) for b in range(B)]
+        merged = merge_results(per_path, k, quota)
+        return PathRetrieval(merged.ids, merged.scores, merged.sources.astype(np.int64), out)
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def diagnostics(self, batch: dict[str, torch.Tensor], item_bucket: np.ndarray | None = None,
+                    targets: torch.Tensor | None = None, item_category: np.ndarray | None = None,
+                    k: int = 50) -> dict[str, object]:
+        """Per-layer code usage (perplexity, dead codes) of the top beam and of all beams, distinct
+        first-layer codes among a user's beams, and per-path category purity of retrieved items."""
+        out = self.beams(batch)
+        U, B, L = out.codes.shape
+        res: dict[str, object] = {"tau": self.tau()}
+        for l, blk in enumerate(self.blocks):
+            M = blk.codebook.shape[0]
+            cnt = torch.bincount(out.codes[:, :, l].reshape(-1), minlength=M).double()
+            p = cnt / cnt.sum()
+            nz = p[p > 0]
+            res[f"perplexity_l{l + 1}"] = float(torch.exp(-(nz * nz.log()).sum()))
+            res[f"dead_share_l{l + 1}"] = float((cnt == 0).double().mean())
+        res["distinct_first_codes"] = float(torch.tensor([len(set(r)) for r in out.codes[:, :, 0].tolist()]).float().mean())
+        cats = item_category if item_category is not None else getattr(self, "_item_category", None)
+        if cats is not None:
+            V = self.item_vectors()
+            top = torch.einsum("ubd,id->ubi", out.queries, V[1:]).topk(min(k, V.shape[0] - 1), dim=-1).indices + 1  # (U, B, k)
+            c = torch.as_tensor(np.asarray(cats))[top.cpu()]  # (U, B, k) primary category
+            c = c.clamp(min=0).long()
+            n_cat = int(c.max()) + 1
+            counts = F.one_hot(c, n_cat).sum(2)  # (U, B, C)
+            res["path_purity"] = float((counts.amax(-1).float() / c.shape[-1]).mean())
+        return res
