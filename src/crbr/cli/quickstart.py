@@ -1,8 +1,11 @@
 """`crbr quickstart`: the main job on the embedded synthetic multi-interest world.
 
-Generates the world (deterministic by seed, no network), exports its ground truth, trains
-SASRec with the generic trainer (early stopping on validation NDCG@10), and prints the test
-metrics next to a popularity baseline, with the evaluation protocol.
+Generates the world (deterministic by seed, no network), exports its ground truth, then runs the
+whole pipeline with the generic trainer (early stopping on validation NDCG@10): SASRec, Q-Former
+pre-training (Task A + B), Retrieval A over the frozen Q-Former, and CRBR over Retrieval A. It
+prints the test metrics of every stage beside a popularity baseline (with the protocol and the
+interest coverage against the world's true interests), builds an HNSW index, and shows for a few
+multi-interest users their beams with the items each beam retrieved next to their true interests.
 """
 
 from __future__ import annotations
@@ -17,6 +20,23 @@ import torch
 
 log = logging.getLogger("crbr.quickstart")
 
+
+# The pipeline after SASRec: (stage, label, model settings, train settings); checkpoints chain
+# (Q-Former -> Retrieval A -> CRBR) through each stage's best.safetensors.
+PIPELINE = [
+    ("sasrec", "SASRec", {}, {}),
+    ("qformer", "Q-Former (max-sim)",
+     {"name": "qformer", "max_len": 100, "hidden": 64, "n_queries": 8, "n_layers": 2, "n_heads": 2, "dropout": 0.1,
+      "n_negatives": 256, "max_masked": 16},
+     {"epochs": 12, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 3}),
+    ("two_tower", "Retrieval A (SAB+PMA)",
+     {"name": "two_tower", "tower_checkpoint": "", "hidden": 64, "out_dim": 64, "n_negatives": 256, "dropout": 0.1},
+     {"epochs": 6, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 2}),
+    ("crbr", "Retrieval B (CRBR)",
+     {"name": "crbr", "base_checkpoint": "", "codebook_sizes": [16, 16], "beam": 4, "n_negatives": 256,
+      "tau_decay": 1e-3},
+     {"epochs": 6, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 2}),
+]
 
 QUICKSTART_DEFAULTS = {
     "name": "quickstart",
@@ -36,11 +56,19 @@ def popularity_scorer(counts: np.ndarray):
     return score
 
 
-def metrics_table(rows: list[tuple[str, object]], keys: list[str]) -> str:
-    head = f"{'model':<14}" + "".join(f"{k:>12}" for k in keys) + f"{'tail HR@10':>12}"
+def metrics_table(rows: list[tuple[str, object]], keys: list[str], interests=None, ds=None, multi=None) -> str:
+    """One row per model: metrics, tail-bucket HR@10 and (with ground truth) interest coverage@50."""
+    from ..eval.interests import interest_coverage
+
+    cov_keys = ["cov@50", "cov@50 >=3"] if interests is not None else []
+    head = f"{'model':<24}" + "".join(f"{k:>11}" for k in keys + ["tail HR@10"] + cov_keys)
     lines = [head, "-" * len(head)]
     for name, res in rows:
-        lines.append(f"{name:<14}" + "".join(f"{res.metrics[k]:>12.4f}" for k in keys) + f"{res.bucket_hr10[-1]:>12.4f}")
+        vals = [res.metrics[k] for k in keys] + [res.bucket_hr10[-1]]
+        if interests is not None:
+            cov = interest_coverage(res.topk_items, [interests[u] for u in res.users], ds.cat_offsets, ds.cat_ids, 50)
+            vals += [float(np.nanmean(cov)), float(np.nanmean(cov[multi]))]
+        lines.append(f"{name:<24}" + "".join(f"{v:>11.4f}" for v in vals))
     return "\n".join(lines)
 
 
@@ -70,17 +98,75 @@ def run_quickstart(args) -> int:
     split = leave_one_out(ds)
     print(split.describe())
 
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model_name, cfg.model_params, ds, split)
-    trainer = Trainer(model, ds, split, cfg, max_len=model.config.max_len, run_dir=out)
-    res = trainer.fit()
-
     counts = train_item_counts(ds, split)
-    pop = build_evaluator(ds, split, "test", cfg.eval, model.config.max_len, counts).evaluate(popularity_scorer(counts))
-    keys = ["HR@10", "NDCG@10", "Recall@50", "MRR", "coverage@10"]
-    print(f"\nprotocol: {res.test.protocol}")
-    print(metrics_table([("popularity", pop), (cfg.model_name, res.test)], keys))
-    print(f"\ntrained {res.epochs_run} epochs ({res.seconds_per_epoch:.1f} s/epoch), best epoch {res.best_epoch}; "
-          f"total {time.perf_counter() - t0:.0f} s; run dir {out} (metrics.csv, tb/, checkpoints/, results.json, "
-          f"ground_truth.parquet)")
+    interests = [set(world.interest_categories[world.interest_offsets[u] : world.interest_offsets[u + 1]].tolist())
+                 for u in range(ds.n_users)]
+    results: list[tuple[str, object]] = []
+    pop_ev = build_evaluator(ds, split, "test", cfg.eval, 50, counts)
+    results.append(("popularity", pop_ev.evaluate(popularity_scorer(counts), export=True)))
+    models = {}
+    base = cfg.to_dict()
+    for stage, label, model_params, train in PIPELINE:
+        d = json.loads(json.dumps(base))
+        d["name"] = f"quickstart_{stage}"
+        d["model"] = dict(model_params)
+        d["train"].update(train)
+        for key, src in (("tower_checkpoint", "qformer"), ("base_checkpoint", "two_tower")):
+            if key in d["model"]:
+                d["model"][key] = str(out / src / "checkpoints" / "best.safetensors")
+        if stage == "sasrec":  # the user's config / overrides define the SASRec stage
+            d["model"] = cfg.to_dict()["model"]
+        scfg = from_dict(ExperimentConfig, d)
+        print(f"\n== stage {stage}: {label}")
+        torch.manual_seed(scfg.train.seed)
+        model = build_model(scfg.model_name, scfg.model_params, ds, split)
+        trainer = Trainer(model, ds, split, scfg, max_len=model.config.max_len, run_dir=out / stage)
+        res = trainer.fit()
+        print(f"   {res.epochs_run} epochs ({res.seconds_per_epoch:.1f} s/epoch), best epoch {res.best_epoch}")
+        model.eval()
+        ev = build_evaluator(ds, split, "test", scfg.eval, model.config.max_len, counts)
+        with torch.no_grad():
+            results.append((label, ev.evaluate(trainer._score_fn(), export=True)))
+        models[stage] = model
+
+    keys = ["HR@10", "NDCG@10", "Recall@50", "MRR"]
+    print(f"\nprotocol: {results[-1][1].protocol}")
+    multi = np.array([len(interests[u]) >= 3 for u in results[0][1].users])
+    print(metrics_table(results, keys, interests, ds, multi))
+    print(f"(interest coverage@50: share of a user's true interests whose category appears among the top 50; "
+          f"'>=3' = the {int(multi.sum())} test users with at least 3 interests)")
+
+    crbr_model = models.get("crbr")
+    if crbr_model is not None:
+        show_beams(crbr_model, ds, split, world, interests, out)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s; run dirs under {out} (metrics.csv, tb/, checkpoints/, "
+          f"results.json per stage; ground_truth.parquet)")
     return 0
+
+
+def show_beams(model, ds, split, world, interests, out: Path, n_users: int = 3, per_beam: int = 5) -> None:
+    """Build an HNSW index over the item vectors, retrieve through CRBR's beams for a few users
+    with several interests, and print each beam with the items it found beside the true interests."""
+    from ..data.batching import history_batch
+    from ..index import build_index
+
+    t = time.perf_counter()
+    index = build_index(model.item_vectors(), "hnsw", M=16, ef_search=64)
+    print(f"\nHNSW index over {ds.n_items} item vectors built in {time.perf_counter() - t:.1f} s")
+    es = split.test
+    users = [i for i, u in enumerate(es.users) if len(interests[u]) >= 3][:n_users]
+    batch = history_batch(ds, es.users[users], es.hist_len[users], model.config.max_len)
+    with torch.no_grad():
+        r = model.retrieve(batch, k=50, index=index, per_path_k=50)
+    names = ds.category_names
+    cat = world.item_category
+    for row, i in enumerate(users):
+        u = es.users[i]
+        true = ", ".join(names[c] for c in sorted(interests[u]))
+        print(f"\nuser {ds.user_ids[u]}: true interests [{true}]; next item {ds.item_ids[es.targets(i)[0]]} "
+              f"({names[cat[es.targets(i)[0]]]})")
+        for b in range(r.beams.codes.shape[1]):
+            found = r.ids[row][(r.path[row] == b) & (r.ids[row] > 0)][:per_beam]
+            items = ", ".join(f"{ds.item_ids[x]}({names[cat[x]]})" for x in found)
+            codes = "-".join(str(c) for c in r.beams.codes[row, b].tolist())
+            print(f"  beam {b + 1} codes {codes:<9} log p {float(r.beams.scores[row, b]):7.2f}: {items or '(no items kept)'}")

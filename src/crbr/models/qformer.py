@@ -64,7 +64,7 @@ class QFormerConfig:
     itc_weight: float = 1.0  # 0 switches Task A off
     n_negatives: int = 512  # uniformly sampled negatives shared by the batch (besides in-batch)
     logq_correction: bool = True
-    init_temperature: float = 0.07
+    init_temperature: float = 0.2
     learn_temperature: bool = True
     cut: str = "random"  # which next item Task A predicts: "last" of the window or a "random" cut point
     # Task B
@@ -238,7 +238,13 @@ class QFormer(Recommender):
             self.dec_ln = nn.LayerNorm(D)
             self.dec_head = nn.Linear(D, out, bias=False)
         self.apply(self._init)
-        nn.init.normal_(self.recency_proj.weight, std=c.init_std)  # as small as the embeddings
+        # event context (recency, action, time) starts at zero: at initialization each user's history
+        # is its items alone, so the tokens differ between users from the first step (constant
+        # context terms would dominate an average of small item vectors and delay learning)
+        nn.init.zeros_(self.recency_proj.weight)
+        for emb in (self.action_emb, self.time_emb):
+            if emb is not None:
+                nn.init.zeros_(emb.weight)
 
     def _init(self, m: nn.Module) -> None:
         # embeddings small (init_std); linear maps variance-preserving (Xavier), so the
