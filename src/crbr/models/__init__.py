@@ -14,6 +14,7 @@ from .pinnerformer import PinnerFormer, PinnerFormerConfig
 from .qformer import QFormer, QFormerConfig, QFormerOutput
 from .two_tower import TwoTower, TwoTowerConfig
 from .sasrec import SASRec, SASRecConfig
+from .residual_mixture import ResidualMixture, ResidualMixtureConfig
 
 # name -> (model class, config class); used to rebuild a model from a checkpoint's config
 MODELS: dict[str, tuple[type[Recommender], type]] = {
@@ -22,6 +23,7 @@ MODELS: dict[str, tuple[type[Recommender], type]] = {
     "pinnerformer": (PinnerFormer, PinnerFormerConfig),
     "two_tower": (TwoTower, TwoTowerConfig),
     "crbr": (CRBR, CRBRConfig),
+    "residual_mixture": (ResidualMixture, ResidualMixtureConfig),
 }
 
 
@@ -57,9 +59,14 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
 
     Models whose config has `item_features` (a spec for `crbr.features.item_features`) get the
     frozen feature matrix; models with `attach_data(item_feats=, item_counts=)` receive it and
-    the training-set item counts (from `split`, else from every event).
+    the training-set item counts (from `split`, else from every event). Models with several
+    feature inputs define a classmethod `load_features(ds, params) -> (matrices, derived
+    settings)`: the settings (e.g. widths) go into the config, the matrices to attach_data.
     """
-    feats = None
+    feats, extra = None, {}
+    if ds is not None and hasattr(MODELS.get(name, (None,))[0], "load_features"):
+        extra, derived = MODELS[name][0].load_features(ds, params or {})
+        params = {**(params or {}), **derived}
     spec = (params or {}).get("item_features", "")
     if ds is not None and spec and name in MODELS:
         from ..features import item_features
@@ -69,7 +76,7 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
     if ds is not None and hasattr(model, "attach_data"):
         counts = train_item_counts(ds, split) if split is not None else np.bincount(
             np.asarray(ds.items), minlength=ds.n_items + 1)
-        kw = {"item_feats": feats, "item_counts": counts}
+        kw = {"item_feats": feats, "item_counts": counts, **extra}
         if ds.cat_offsets is not None and "item_categories" in inspect.signature(model.attach_data).parameters:
             kw["item_categories"] = (np.asarray(ds.cat_offsets), np.asarray(ds.cat_ids))
         model.attach_data(**kw)
@@ -77,4 +84,4 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
 
 
 __all__ = ["LossOutput", "Recommender", "SASRec", "SASRecConfig", "QFormer", "QFormerConfig", "QFormerOutput",
-           "PinnerFormer", "PinnerFormerConfig", "TwoTower", "TwoTowerConfig", "CRBR", "CRBRConfig", "MODELS", "build_model", "model_config"]
+           "PinnerFormer", "PinnerFormerConfig", "TwoTower", "TwoTowerConfig", "CRBR", "CRBRConfig", "ResidualMixture", "ResidualMixtureConfig", "MODELS", "build_model", "model_config"]

@@ -72,7 +72,7 @@ class QFormerConfig:
     mask_ratio: float = 0.2
     max_masked: int = 64  # cap on hidden slots per user
     decoder_layers: int = 1
-    init_std: float = 0.02
+    init_std: float = 0.1  # embeddings and queries; small values (0.02) stall early training under Adam
 
     def __post_init__(self) -> None:
         if self.hidden % self.n_heads:
@@ -242,6 +242,12 @@ class QFormer(Recommender):
         # is its items alone, so the tokens differ between users from the first step (constant
         # context terms would dominate an average of small item vectors and delay learning)
         nn.init.zeros_(self.recency_proj.weight)
+        # the branches that do not read the history (query self-attention, FFN) start at zero, so
+        # at initialization every token is the queries plus what they read from the history; a
+        # user-independent signal from those branches would drown the history average
+        for blk in [*self.encoder.blocks, *getattr(self, "decoder", [])]:
+            nn.init.zeros_(blk.self_attn.o.weight)
+            nn.init.zeros_(blk.ffn[-1].weight)
         for emb in (self.action_emb, self.time_emb):
             if emb is not None:
                 nn.init.zeros_(emb.weight)

@@ -1,0 +1,229 @@
+"""CRBR vs Retrieval A vs SASRec in one run: quality, interest coverage and retrieval latency.
+
+usage: python benchmarks/bench_crbr.py [--dataset synthetic|ml-1m|Beauty] [--threads 2] [--minutes 10]
+
+Trains, in this process and through the generic trainer, SASRec, the Q-Former (Task A + B),
+Retrieval A (SAB + PMA over the frozen Q-Former) and CRBR over Retrieval A (reusing a stage's
+checkpoint when its run directory already holds results.json), then evaluates each on the test
+split with full ranking (history masked on real data, as the published SASRec numbers):
+
+  Recall@50, NDCG@10, tail HR@10 (least popular fifth of the items), and interest coverage@50
+  (share of a user's interests present among the categories of the top 50: the true interests on
+  the synthetic world, the history's categories on real data), over all users and over
+  multi-interest users (>= 3 interests).
+
+Latency: 1024 users end to end on an HNSW index over the item vectors — Retrieval A (tower +
+pooling + one search) and CRBR (tower + pooling + beam search B=4 + 4 searches + merge) —
+median of 5 runs each, measured side by side. Writes a section between the bench_crbr markers
+of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SYNTHETIC = {"seed": 0, "n_users": 4000, "n_items": 4000, "n_categories": 60, "min_interests": 1, "max_interests": 5}
+
+
+def stages(dataset: str, minutes: float) -> list[tuple[str, dict, dict]]:
+    """(stage, model settings, train settings) for the dataset."""
+    real = dataset != "synthetic"
+    L = {"ml-1m": 200, "Beauty": 50}.get(dataset, 100)
+    feats = {"item_features": "text"} if real else {}
+    common = {"max_minutes": minutes, "windows": "all", "window_stride": max(L // 4, 10), "length_bucketing": True}
+    return [
+        ("sasrec", {"name": "sasrec", "max_len": L, "hidden": 64, "n_layers": 2, "n_heads": 1, "dropout": 0.2},
+         {"lr": 1e-3 if real else 2e-3, "patience": 10 if real else 3, "epochs": 300, "max_minutes": minutes}),
+        ("qformer", {"name": "qformer", "max_len": L, "hidden": 64, "n_queries": 16, "n_layers": 2, "n_heads": 2,
+                     "dropout": 0.1, "n_negatives": 512, **feats},
+         {"lr": 1e-3 if real else 3e-3, "patience": 5, "epochs": 200, **common}),
+        ("two_tower", {"name": "two_tower", "hidden": 64, "out_dim": 64, "n_negatives": 512, **feats},
+         {"lr": 1e-3 if real else 3e-3, "patience": 4, "epochs": 100, **common}),
+        ("crbr", {"name": "crbr", "codebook_sizes": [32, 32, 32], "beam": 4, "n_negatives": 512, "beta": 0.1,
+                  "alpha": 0.1, "tau_decay": 2e-4},
+         {"lr": 1e-3 if real else 3e-3, "patience": 4, "epochs": 100, **common}),
+    ]
+
+
+def run_stage(name, model, train, data, out: Path, threads: int, ds, split):
+    from crbr.config import ExperimentConfig, from_dict
+    from crbr.models import build_model
+    from crbr.train.checkpoint import load_model_from_checkpoint
+    from crbr.train.loop import Trainer
+
+    run = out / name
+    best = run / "checkpoints" / "best.safetensors"
+    if (run / "results.json").exists() and best.exists():
+        print(f"== {name}: reusing {best}", flush=True)
+        m, _ = load_model_from_checkpoint(best)
+        return m, json.loads((run / "results.json").read_text())
+    cfg = from_dict(ExperimentConfig, {
+        "name": f"bench_crbr_{name}", "data": data, "split": {"name": "leave_one_out"}, "model": model,
+        "train": {"batch_size": 128, "seed": 0, "threads": threads, "progress": False, **train},
+        "eval": {"batch_size": 256, "mask_history": data.get("name") != "synthetic"}, "out_dir": str(run)})
+    print(f"== {name}: training ({model})", flush=True)
+    torch.manual_seed(0)
+    m = build_model(cfg.model_name, cfg.model_params, ds, split)
+    res = Trainer(m, ds, split, cfg, max_len=m.config.max_len).fit()
+    m.eval()
+    return m, json.loads((run / "results.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "ml-1m", "Beauty"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=10.0, help="training cap per stage")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_crbr"))
+    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from crbr.data.batching import history_batch
+    from crbr.data.dataset import leave_one_out, train_item_counts
+    from crbr.data.prepare import DataConfig, prepare as prepare_data
+    from crbr.data.synthetic import SyntheticConfig, generate
+    from crbr.eval.interests import history_categories, interest_coverage
+    from crbr.index import build_index
+    from crbr.train.loop import build_evaluator
+    from crbr.config import EvalConfig
+
+    out = Path(args.out) / args.dataset
+    if args.dataset == "synthetic":
+        world = generate(SyntheticConfig(**SYNTHETIC))
+        ds = world.dataset
+        data = {"name": "synthetic", "synthetic": SYNTHETIC}
+    else:
+        world = None
+        data = {"name": args.dataset}
+        from crbr.config import from_dict
+
+        ds = prepare_data(from_dict(DataConfig, data))
+    split = leave_one_out(ds)
+    counts = train_item_counts(ds, split)
+    es = split.test
+    if world is not None:
+        o = world.interest_offsets
+        interests = [set(world.interest_categories[o[u]:o[u + 1]].tolist()) for u in es.users]
+        what = "true interests (ground truth)"
+    else:
+        interests = history_categories(ds, es.users, es.hist_len)
+        what = "categories of the visible history"
+    multi = np.array([len(s) >= 3 for s in interests])
+
+    models, rows = {}, {}
+    for name, model, train in stages(args.dataset, args.minutes):
+        if name == "two_tower":
+            model = {**model, "tower_checkpoint": str(out / "qformer" / "checkpoints" / "best.safetensors")}
+        if name == "crbr":
+            model = {**model, "base_checkpoint": str(out / "two_tower" / "checkpoints" / "best.safetensors")}
+        models[name], rows[name] = run_stage(name, model, train, data, out, args.threads, ds, split)
+
+    ec = EvalConfig(mask_history=args.dataset != "synthetic", batch_size=256)
+    table = {}
+    for name, m in models.items():
+        ev = build_evaluator(ds, split, "test", ec, m.config.max_len, counts)
+        with torch.no_grad():
+            res = ev.evaluate(lambda b: m.score(b).float(), export=True)
+        cov = interest_coverage(res.topk_items, interests, ds.cat_offsets, ds.cat_ids, 50)
+        table[name] = {"Recall@50": res.metrics["Recall@50"], "NDCG@10": res.metrics["NDCG@10"],
+                       "tail_HR@10": res.bucket_hr10[-1], "cov@50": float(np.nanmean(cov)),
+                       "cov@50_multi": float(np.nanmean(cov[multi])),
+                       "Recall@50_multi": float(np.mean(_recall_multi(res, es, multi, 50))),
+                       "protocol": res.protocol}
+        print(name, {k: v for k, v in table[name].items() if k != "protocol"}, flush=True)
+
+    # latency: 1024 users end to end on one HNSW index over Retrieval A's item vectors
+    ra, cr = models["two_tower"], models["crbr"]
+    idx = build_index(ra.item_vectors(), "hnsw", M=16, ef_search=128)
+    users = np.resize(np.arange(len(es)), 1024)
+    batch = history_batch(ds, es.users[users], es.hist_len[users], ra.config.max_len)
+
+    def t_ra():
+        with torch.no_grad():
+            u = ra.user_vectors(batch)
+        return idx.search(u.numpy(), 50)
+
+    def t_crbr():
+        with torch.no_grad():
+            return cr.retrieve(batch, k=50, index=idx, per_path_k=50)
+
+    lat = {}
+    for _ in range(1):  # warm-up
+        t_ra(), t_crbr()
+    for name, fn in (("two_tower", t_ra), ("crbr", t_crbr)):
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        lat[name] = float(np.median(ts))
+    print("latency (s, 1024 users):", lat, flush=True)
+
+    label = {"sasrec": "SASRec", "qformer": "Q-Former max-sim", "two_tower": "Retrieval A (SAB+PMA)", "crbr": "CRBR (B=4)"}
+    lines = [
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/bench_crbr.py {' '.join(sys.argv[1:])}`; "
+        f"machine: {machine_line()}; {args.threads} thread(s).",
+        f"Dataset: {args.dataset}" + (f" ({SYNTHETIC})" if world is not None else "") + f"; protocol: {table['crbr']['protocol']}.",
+        f"Interests = {what}; multi-interest users = {int(multi.sum())} of {len(multi)} test users with >= 3. "
+        f"Training capped at {args.minutes:g} min per stage.",
+        "",
+        "| model | Recall@50 | Recall@50 (>=3) | NDCG@10 | tail HR@10 | interest cov@50 | cov@50 (>=3) | epochs (best) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, t in table.items():
+        r = rows[name]
+        lines.append(f"| {label[name]} | {t['Recall@50']:.4f} | {t['Recall@50_multi']:.4f} | {t['NDCG@10']:.4f} | "
+                     f"{t['tail_HR@10']:.4f} | {t['cov@50']:.4f} | {t['cov@50_multi']:.4f} | {r['epochs_run']} ({r['best_epoch']}) |")
+    a, b = table["two_tower"], table["crbr"]
+    lines += [
+        "",
+        f"Latency, 1024 users end to end on HNSW (M=16, efSearch=128): Retrieval A {lat['two_tower'] * 1e3:.0f} ms, "
+        f"CRBR {lat['crbr'] * 1e3:.0f} ms = {lat['crbr'] / lat['two_tower']:.2f}x (bar <= 3x).",
+        f"CRBR / Retrieval A Recall@50 on >=3-interest users: {b['Recall@50_multi'] / max(a['Recall@50_multi'], 1e-12):.2f}x; "
+        f"coverage@50 (>=3): CRBR {b['cov@50_multi']:.3f} vs Retrieval A {a['cov@50_multi']:.3f}.",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    if args.results_md:
+        write_section(Path(args.results_md), args.dataset, section)
+    (out / "bench.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
+
+
+def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:
+    """Per multi-interest user, Recall@k of the exported top list (one target per user here)."""
+    hits = []
+    for row in np.nonzero(multi)[0]:
+        t = set(es.targets(row).tolist())
+        top = set(res.topk_items[row, :k].tolist())
+        hits.append(len(t & top) / max(len(t), 1))
+    return np.asarray(hits)
+
+
+def write_section(path: Path, dataset: str, section: str) -> None:
+    begin, end = f"<!-- bench_crbr:{dataset}:begin -->", f"<!-- bench_crbr:{dataset}:end -->"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"{begin}\n{section}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + f"\n\n## CRBR vs Retrieval A vs SASRec on {dataset} (benchmarks/bench_crbr.py)\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    main()

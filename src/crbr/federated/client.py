@@ -1,0 +1,138 @@
+"""The ClientApp side: a client = one user partition; it trains the global model locally.
+
+Per process, `ClientRuntime` caches what does not change between rounds (dataset, split, the
+client's users, one model instance with its frozen features); every round the model's parameters
+are overwritten from the message (and from the client's Context state for the client-local
+groups during the partial-aggregation warm-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..data.batching import TrainUsers
+from ..data.dataset import SequenceDataset, Split
+from .config import FederatedConfig
+from .params import group_keys, load_record, to_record
+from .partition import client_split, partition_users
+
+log = logging.getLogger("crbr.federated")
+
+LOCAL_STATE_KEY = "crbr-local"  # ArrayRecord in Context.state: this client's copy of the local groups
+
+
+@dataclass
+class ClientRuntime:
+    """What one process needs to run any client of one experiment."""
+
+    cfg: object  # ExperimentConfig
+    fed: FederatedConfig
+    ds: SequenceDataset
+    split: Split
+    parts: list[np.ndarray]
+    model: torch.nn.Module
+    shared_keys: list[str]
+    all_keys: list[str]
+
+    @classmethod
+    def build(cls, cfg, fed: FederatedConfig, ds: SequenceDataset | None = None, split: Split | None = None,
+              model: torch.nn.Module | None = None) -> "ClientRuntime":
+        from ..models import build_model
+
+        if ds is None or split is None:
+            from ..cli.main import _data_and_split
+
+            ds, split = _data_and_split(cfg)
+        seed = cfg.train.seed if fed.seed is None else fed.seed
+        parts = partition_users(split.train_len, fed.num_clients, fed.partitioning, seed)
+        if model is None:
+            torch.manual_seed(cfg.train.seed)
+            model = build_model(cfg.model_name, cfg.model_params, ds, split)
+        shared = group_keys(model, fed.warmup_groups)
+        return cls(cfg, fed, ds, split, parts, model, shared, [n for n, _ in model.named_parameters()])
+
+    @property
+    def local_keys(self) -> list[str]:
+        s = set(self.shared_keys)
+        return [k for k in self.all_keys if k not in s]
+
+    @property
+    def max_len(self) -> int:
+        return int(getattr(self.model.config, "max_len", 200))
+
+
+_RUNTIMES: dict[int, ClientRuntime] = {}
+
+
+def register_runtime(rt: ClientRuntime) -> int:
+    """Make a runtime findable by ClientApps of this process (in-process engine); returns its key."""
+    key = id(rt)
+    _RUNTIMES[key] = rt
+    return key
+
+
+def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batch_size: int, seed: int) -> tuple[float, int]:
+    """`epochs` passes of Adam over `users` (a fresh optimizer per round); (mean loss, #targets)."""
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+    model.train()
+    loss_sum, steps, n_targets = 0.0, 0, 0
+    for ep in range(epochs):
+        g = torch.Generator().manual_seed(seed * 1009 + ep)
+        loader = DataLoader(users, batch_size=batch_size, sampler=RandomSampler(users, generator=g),
+                            collate_fn=users.collate)
+        for batch in loader:
+            out = model.loss(batch)
+            v = float(out.loss.detach())
+            if not math.isfinite(v):
+                raise FloatingPointError(f"client loss is {v} (lower train.lr or enable train.grad_clip)")
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            loss_sum += v
+            steps += 1
+            n_targets += int((batch["targets"] > 0).sum())
+    model.eval()
+    return loss_sum / max(steps, 1), n_targets // max(epochs, 1)
+
+
+def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
+    """One round of local training on this client's users; replies with its parameters."""
+    t0 = time.perf_counter()
+    if rt.cfg.train.threads > 0:
+        torch.set_num_threads(rt.cfg.train.threads)
+    pid = int(context.node_config["partition-id"])
+    conf = msg.content["config"]
+    rnd = int(conf["server-round"])
+    warm = int(conf.get("warmup-rounds", 0))
+    partial = bool(conf.get("partial", False))
+    model = rt.model
+    load_record(model, msg.content["arrays"])  # the global model
+    local = context.state.get(LOCAL_STATE_KEY) if LOCAL_STATE_KEY in context.state else None
+    if local is not None and rnd <= warm + 1:
+        load_record(model, local)  # client-local groups: this client's own copy (warm-up, and R + 1)
+    split = client_split(rt.split, rt.parts[pid])
+    fed, tc = rt.fed, rt.cfg.train
+    stride = 0 if tc.windows == "last" else min(tc.window_stride or rt.max_len, rt.max_len)
+    users = TrainUsers(rt.ds, split, rt.max_len, stride=stride)
+    torch.manual_seed(tc.seed * 100_003 + rnd * 1000 + pid)
+    loss, n = local_train(model, users, fed.local_epochs, tc, fed.local_batch_size or tc.batch_size,
+                          seed=tc.seed * 100_003 + rnd * 1000 + pid)
+    if rt.local_keys:
+        context.state[LOCAL_STATE_KEY] = to_record(model, rt.local_keys)
+    arrays = to_record(model, rt.shared_keys if partial else None)
+    metrics = {"num-examples": max(n, 1), "train_loss": loss, "train_s": time.perf_counter() - t0}
+    stats = getattr(model, "mixture_stats", None)
+    if stats is not None:
+        metrics.update({f"client_{k}": v for k, v in stats().items()})
+    return Message(content=RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)
