@@ -260,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=settings_help, formatter_class=fmt)
     qs.add_argument("--config", "-c", default=None, help="quickstart YAML (default: the packaged synthetic setup)")
     qs.add_argument("--out", default="runs/quickstart", help="output directory")
+    qs.add_argument("--epochs", type=int, default=None, help="cap every stage at this many epochs (smoke runs)")
     qs.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     qs.set_defaults(func=cmd_quickstart)
     fd = sub.add_parser("federated", help="federated training on Flower (clients = partitions of the users)",

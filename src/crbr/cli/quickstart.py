@@ -111,6 +111,8 @@ def run_quickstart(args) -> int:
         d["name"] = f"quickstart_{stage}"
         d["model"] = dict(model_params)
         d["train"].update(train)
+        if getattr(args, "epochs", None):
+            d["train"]["epochs"] = args.epochs
         for key, src in (("tower_checkpoint", "qformer"), ("base_checkpoint", "two_tower")):
             if key in d["model"]:
                 d["model"][key] = str(out / src / "checkpoints" / "best.safetensors")
