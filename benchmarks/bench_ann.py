@@ -241,7 +241,9 @@ def write_block(path: Path, data: str, block: str) -> None:
         text = text[: m.start()] + section + text[m.end() :]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    tmp = path.with_name(path.name + ".bench_ann.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)  # atomic
     print(f"wrote {path}")
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line  # noqa: E402
+from _common import machine_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,7 +198,8 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if args.results_md:
-        write_section(Path(args.results_md), args.dataset, section)
+        write_section(Path(args.results_md), f"bench_crbr:{args.dataset}", section,
+                      f"CRBR vs Retrieval A vs SASRec on {args.dataset} (benchmarks/bench_crbr.py)")
     (out / "bench.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
 
 
@@ -210,19 +211,6 @@ def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:
         top = set(res.topk_items[row, :k].tolist())
         hits.append(len(t & top) / max(len(t), 1))
     return np.asarray(hits)
-
-
-def write_section(path: Path, dataset: str, section: str) -> None:
-    begin, end = f"<!-- bench_crbr:{dataset}:begin -->", f"<!-- bench_crbr:{dataset}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n## CRBR vs Retrieval A vs SASRec on {dataset} (benchmarks/bench_crbr.py)\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

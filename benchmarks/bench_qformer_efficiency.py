@@ -49,10 +49,9 @@ for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_v] = "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, machine_line  # noqa: E402
+from _common import write_section, machine, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- bench_qformer_efficiency:begin -->", "<!-- bench_qformer_efficiency:end -->"
 MiB = 2**20
 
 
@@ -301,19 +300,6 @@ def build_section(res: dict, cmdline: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers (or append them at the end), atomically; re-reads the file."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".bench_qformer.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def verdicts(res: dict) -> dict:
     cfg, cases = res["config"], res["cases"]
     ns = cfg["ns"]
@@ -393,7 +379,7 @@ def main() -> None:
         print(section)
         md = a.results_md if a.results_md is not None else str(ROOT / "benchmarks" / "RESULTS.md")
         if md:
-            write_section(Path(md), section)
+            write_section(Path(md), "bench_qformer_efficiency", section)
             print(f"wrote the section of {md}", flush=True)
         return
 
@@ -486,7 +472,7 @@ def main() -> None:
     print("\n" + section, flush=True)
     print(f"\nJSON: {json_path}; total {res['wall_s']:.0f} s", flush=True)
     if results_md:
-        write_section(Path(results_md), section)
+        write_section(Path(results_md), "bench_qformer_efficiency", section)
         print(f"wrote the section of {results_md}", flush=True)
 
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line  # noqa: E402
+from _common import machine_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -71,22 +71,6 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-BEGIN, END = "<!-- run_sasrec:begin -->", "<!-- run_sasrec:end -->"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between the markers (or append them), atomically."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## SASRec benchmark table (benchmarks/run_sasrec.py)\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -113,7 +97,7 @@ def main() -> None:
     ])
     print(section)
     if args.results_md:
-        write_section(Path(args.results_md), section)
+        write_section(Path(args.results_md), "run_sasrec", section, "SASRec benchmark table (benchmarks/run_sasrec.py)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line  # noqa: E402
+from _common import machine_line, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -107,19 +107,6 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, dataset: str, section: str) -> None:
-    begin, end = f"<!-- run_towers:{dataset}:begin -->", f"<!-- run_towers:{dataset}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{begin}\n{section}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n## User towers on {dataset} (benchmarks/run_towers.py)\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="ml-1m", choices=list(TAG))
@@ -162,7 +149,8 @@ def main() -> None:
     ])
     print(section)
     if args.results_md:
-        write_section(Path(args.results_md), args.dataset, section)
+        write_section(Path(args.results_md), f"run_towers:{args.dataset}", section,
+                      f"User towers on {args.dataset} (benchmarks/run_towers.py)")
 
 
 if __name__ == "__main__":

@@ -82,29 +82,20 @@ def test_gumbel_training_reaches_codebooks_and_routers():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, fit_steps):
     """Q-Former -> Retrieval A -> CRBR with beta > 0 and beta = 0 on the synthetic world."""
     world = generate(SyntheticConfig.tiny(seed=2, n_users=1000))
     ds = world.dataset
     split = leave_one_out(ds)
-    rng = np.random.default_rng(0)
     d = tmp_path_factory.mktemp("crbr")
 
     def fit(m, steps):
-        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-        m.train()
-        for _ in range(steps):
-            users = rng.choice(ds.n_users, 64, replace=False)
-            out = m.loss(train_batch(ds, users, split.train_len[users], 64))
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-        return m.eval()
+        return fit_steps(m, ds, split, steps)
 
     torch.manual_seed(0)
-    q = fit(build_model("qformer", dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64), ds, split), 600)
+    q = fit(build_model("qformer", dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64), ds, split), 300)
     save_weights(d / "q.safetensors", q, "qformer", {})
-    t = fit(build_model("two_tower", dict(tower_checkpoint=str(d / "q.safetensors"), hidden=32, out_dim=32, n_negatives=64), ds, split), 300)
+    t = fit(build_model("two_tower", dict(tower_checkpoint=str(d / "q.safetensors"), hidden=32, out_dim=32, n_negatives=64), ds, split), 150)
     save_weights(d / "t.safetensors", t, "two_tower", {})
     models = {}
     for beta in (0.1, 0.0):

@@ -176,7 +176,7 @@ def test_long_histories_run():
     assert z.shape == (1, 4, 16) and torch.isfinite(z).all()
 
 
-def test_learns_on_the_synthetic_world_with_and_without_features():
+def test_learns_on_the_synthetic_world_with_and_without_features(fit_steps):
     world = generate(SyntheticConfig.tiny(seed=2))
     ds = world.dataset
     split = leave_one_out(ds)
@@ -184,7 +184,6 @@ def test_learns_on_the_synthetic_world_with_and_without_features():
     ev = Evaluator(ds, split.test, counts, max_len=64, batch_size=256)
     pop = torch.as_tensor(counts, dtype=torch.float32)
     pop_ndcg = ev.evaluate(lambda b: pop.expand(len(b["items"]), -1)).metrics["NDCG@10"]
-    rng = np.random.default_rng(0)
     feats = world.item_embeddings  # (I, 16) ground-truth item vectors as "frozen features"
     settings = dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64)
     for frozen in (False, True):
@@ -195,15 +194,7 @@ def test_learns_on_the_synthetic_world_with_and_without_features():
             m = QFormer(QFormerConfig(n_items=ds.n_items, n_actions=ds.n_actions, feature_dim=feats.shape[1],
                                       use_id_embedding=False, **settings))
             m.attach_data(item_feats=feats, item_counts=counts)
-        opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-        m.train()
-        for _ in range(400):
-            users = rng.choice(ds.n_users, 64, replace=False)
-            out = m.loss(train_batch(ds, users, split.train_len[users], 64))
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-        m.eval()
+        fit_steps(m, ds, split, 250)
         with torch.no_grad():
             ndcg = ev.evaluate(m.score).metrics["NDCG@10"]
         assert ndcg > 1.5 * pop_ndcg, (frozen, ndcg, pop_ndcg)

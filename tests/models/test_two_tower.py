@@ -22,29 +22,15 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def tower_ckpt(world, tmp_path_factory):
+def tower_ckpt(world, tmp_path_factory, fit_steps):
     """A briefly pre-trained Q-Former, saved as a checkpoint."""
     ds, split = world
     torch.manual_seed(0)
     q = build_model("qformer", dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64), ds, split)
-    _train(q, ds, split, 500)
+    fit_steps(q, ds, split, 500)
     path = tmp_path_factory.mktemp("tower") / "q.safetensors"
     save_weights(path, q, "qformer", {})
     return path
-
-
-def _train(m, ds, split, steps, seed=0):
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=3e-3)
-    m.train()
-    for _ in range(steps):
-        users = rng.choice(ds.n_users, 64, replace=False)
-        out = m.loss(train_batch(ds, users, split.train_len[users], 64))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-    m.eval()
-    return m
 
 
 def test_pma_pooling_is_a_set_function(world, tower_ckpt):
@@ -59,12 +45,12 @@ def test_pma_pooling_is_a_set_function(world, tower_ckpt):
             torch.testing.assert_close(m.pool(x).norm(dim=-1), torch.ones(5))
 
 
-def test_frozen_tower_gets_no_update_and_checkpoint_is_self_contained(world, tower_ckpt, tmp_path):
+def test_frozen_tower_gets_no_update_and_checkpoint_is_self_contained(world, tower_ckpt, tmp_path, fit_steps):
     ds, split = world
     m = build_model("two_tower", dict(tower_checkpoint=str(tower_ckpt), hidden=32, out_dim=32, n_negatives=32), ds, split)
     assert m.config.tower["n_queries"] == 4  # the tower's config was copied from the checkpoint
     before = {k: v.clone() for k, v in m.tower.state_dict().items()}
-    _train(m, ds, split, 5)
+    fit_steps(m, ds, split, 5)
     assert all(torch.equal(before[k], v) for k, v in m.tower.state_dict().items())
     m.train()
     assert not m.tower.training  # the frozen tower's dropout stays off
@@ -93,7 +79,7 @@ def test_item_tower_uses_categories(world, tower_ckpt):
     assert got == list(want)
 
 
-def test_two_tower_learns_far_above_random_and_popularity(world, tower_ckpt):
+def test_two_tower_learns_far_above_random_and_popularity(world, tower_ckpt, fit_steps):
     ds, split = world
     counts = train_item_counts(ds, split)
     ev = Evaluator(ds, split.test, counts, max_len=64, batch_size=256)
@@ -101,7 +87,7 @@ def test_two_tower_learns_far_above_random_and_popularity(world, tower_ckpt):
     pop_res = ev.evaluate(lambda b: pop.expand(len(b["items"]), -1)).metrics
     random_r50 = 50 / ds.n_items
     torch.manual_seed(0)
-    m = _train(build_model("two_tower", dict(tower_checkpoint=str(tower_ckpt), hidden=32, out_dim=32, n_negatives=64), ds, split), ds, split, 200)
+    m = fit_steps(build_model("two_tower", dict(tower_checkpoint=str(tower_ckpt), hidden=32, out_dim=32, n_negatives=64), ds, split), ds, split, 200)
     with torch.no_grad():
         res = ev.evaluate(m.score).metrics
     assert res["Recall@50"] > 3 * random_r50, res

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, mixed_negative_infonce
+from .losses import batch_candidates, logq_from_counts, mixed_negative_infonce
 from .qformer import choose_cut
 from .two_tower import TwoTower, TwoTowerConfig
 
@@ -69,13 +68,10 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.codebook_sizes must be a non-empty list of sizes >= 1, got {self.codebook_sizes}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
-        if not self.base and self.base_checkpoint and Path(self.base_checkpoint).exists():
-            from ..train.checkpoint import read_metadata
+        if not self.base and self.base_checkpoint:
+            from ..train.checkpoint import embedded_config
 
-            meta = read_metadata(self.base_checkpoint)
-            if meta.get("model_name") != "two_tower":
-                raise ValueError(f"{self.base_checkpoint}: not a Retrieval A (two_tower) checkpoint")
-            self.base = dict(meta["model_config"])
+            self.base = embedded_config(self.base_checkpoint, "two_tower") or {}
 
     @property
     def max_len(self) -> int:
@@ -153,9 +149,7 @@ class CRBR(Recommender):
 
             load_weights(c.base_checkpoint, self.base)
         if item_counts is not None:
-            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
-            cnt[0] = 0.0
-            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+            self.item_logq.copy_(logq_from_counts(item_counts))
         if item_categories is not None:
             off, ids = (np.asarray(a) for a in item_categories)
             has = np.diff(off) > 0

@@ -91,3 +91,15 @@ def mixed_negative_infonce(logits: torch.Tensor, cand: torch.Tensor, pos: torch.
     hit[torch.arange(B), torch.arange(B)] = False
     logits = logits.masked_fill(hit, float("-inf"))
     return F.cross_entropy(logits, torch.arange(B, device=logits.device))
+
+
+def logq_from_counts(item_counts) -> torch.Tensor:
+    """(I,) log of each item's share of the training events (the in-batch sampling probability
+    for logQ correction). Items never seen count once so the log stays finite; row 0 (padding)
+    gets the smallest value."""
+    import numpy as np
+
+    cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
+    logq = torch.log(cnt / cnt[1:].sum())
+    logq[0] = logq[1:].min() if len(logq) > 1 else 0.0
+    return logq.float()

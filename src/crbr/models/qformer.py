@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, full_softmax_ce, mixed_negative_infonce
+from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_infonce
 
 
 @dataclass
@@ -273,9 +273,7 @@ class QFormer(Recommender):
                                  f"(expects {None if self.item_feats is None else tuple(self.item_feats.shape)})")
             self.item_feats.copy_(torch.as_tensor(item_feats, dtype=torch.float32))
         if item_counts is not None:
-            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
-            cnt[0] = 0.0
-            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+            self.item_logq.copy_(logq_from_counts(item_counts))
 
     # ------------------------------------------------------------------ items
     def item_repr(self, ids: torch.Tensor | None = None) -> torch.Tensor:

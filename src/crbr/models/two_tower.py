@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, mixed_negative_infonce
+from .losses import batch_candidates, logq_from_counts, mixed_negative_infonce
 from .qformer import MHA, QFormer, QFormerConfig, choose_cut
 
 
@@ -74,13 +73,10 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"TwoTowerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
-        if not self.tower and self.tower_checkpoint and Path(self.tower_checkpoint).exists():
-            from ..train.checkpoint import read_metadata
+        if not self.tower and self.tower_checkpoint:
+            from ..train.checkpoint import embedded_config
 
-            meta = read_metadata(self.tower_checkpoint)
-            if meta.get("model_name") != "qformer":
-                raise ValueError(f"{self.tower_checkpoint}: not a Q-Former checkpoint (model {meta.get('model_name')!r})")
-            self.tower = dict(meta["model_config"])
+            self.tower = embedded_config(self.tower_checkpoint, "qformer") or {}
 
 
 class MAB(nn.Module):
@@ -184,9 +180,7 @@ class TwoTower(Recommender):
                 raise ValueError(f"item features of shape {tuple(item_feats.shape)} do not fit the item tower")
             self.item_feats.copy_(torch.as_tensor(item_feats, dtype=torch.float32))
         if item_counts is not None:
-            cnt = torch.as_tensor(np.asarray(item_counts), dtype=torch.float64).clamp(min=1.0)
-            cnt[0] = 0.0
-            self.item_logq.copy_((cnt / cnt.sum()).clamp(min=1e-12).log().float())
+            self.item_logq.copy_(logq_from_counts(item_counts))
         if item_categories is not None and self.item_cats is not None:
             offsets, ids = (np.asarray(a) for a in item_categories)
             tab = np.zeros(tuple(self.item_cats.shape), dtype=np.int64)

@@ -67,6 +67,18 @@ def load_weights(path: str | Path, model: torch.nn.Module) -> None:
         raise ValueError(f"{path}: weights do not match the model (missing {missing}, unexpected {unexpected})")
 
 
+def embedded_config(path: str | Path, model_name: str) -> dict | None:
+    """The model config stored in a checkpoint of `model_name` (None when the file does not
+    exist yet); models that build on another model's checkpoint copy it into their own config
+    so their checkpoints are self-contained."""
+    if not path or not Path(path).exists():
+        return None
+    meta = read_metadata(path)
+    if meta.get("model_name") != model_name:
+        raise ValueError(f"{path}: expected a {model_name!r} checkpoint, found model {meta.get('model_name')!r}")
+    return dict(meta["model_config"])
+
+
 def load_model_from_checkpoint(path: str | Path):
     """Rebuild a model from a safetensors checkpoint alone (config read from its metadata)."""
     from ..models import MODELS
