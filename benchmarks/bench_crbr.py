@@ -89,6 +89,10 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=10.0, help="training cap per stage")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_crbr"))
     ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--set", nargs="*", default=[], metavar="STAGE.KEY=VALUE",
+                    help="change a stage's model setting, e.g. crbr.tau_decay=0.003 (values parsed as YAML)")
+    ap.add_argument("--tag", default="", help="name of this variant (its own run folder for the changed stages "
+                                               "and its own RESULTS.md section)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from crbr.data.batching import history_batch
@@ -123,13 +127,22 @@ def main() -> None:
         what = "categories of the visible history"
     multi = np.array([len(s) >= 3 for s in interests])
 
+    import yaml
+
+    changes: dict[str, dict] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        stage, _, field = key.partition(".")
+        changes.setdefault(stage, {})[field] = yaml.safe_load(value)
     models, rows = {}, {}
     for name, model, train in stages(args.dataset, args.minutes):
+        model = {**model, **changes.get(name, {})}
         if name == "two_tower":
             model = {**model, "tower_checkpoint": str(out / "qformer" / "checkpoints" / "best.safetensors")}
         if name == "crbr":
             model = {**model, "base_checkpoint": str(out / "two_tower" / "checkpoints" / "best.safetensors")}
-        models[name], rows[name] = run_stage(name, model, train, data, out, args.threads, ds, split)
+        run_name = f"{name}_{args.tag}" if args.tag and name in changes else name
+        models[name], rows[name] = run_stage(run_name, model, train, data, out, args.threads, ds, split)
 
     ec = EvalConfig(mask_history=args.dataset != "synthetic", batch_size=256)
     table = {}
@@ -177,6 +190,7 @@ def main() -> None:
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/bench_crbr.py {' '.join(sys.argv[1:])}`; "
         f"machine: {machine_line()}; {args.threads} thread(s).",
         f"Dataset: {args.dataset}" + (f" ({SYNTHETIC})" if world is not None else "") + f"; protocol: {table['crbr']['protocol']}.",
+        (f"Variant {args.tag!r}: " + ", ".join(args.set) + ".\n" if args.tag else "") +
         f"Interests = {what}; multi-interest users = {int(multi.sum())} of {len(multi)} test users with >= 3. "
         f"Training capped at {args.minutes:g} min per stage.",
         "",
@@ -198,9 +212,9 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if args.results_md:
-        write_section(Path(args.results_md), f"bench_crbr:{args.dataset}", section,
+        write_section(Path(args.results_md), f"bench_crbr:{args.dataset}" + (f":{args.tag}" if args.tag else ""), section,
                       f"CRBR vs Retrieval A vs SASRec on {args.dataset} (benchmarks/bench_crbr.py)")
-    (out / "bench.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
+    (out / f"bench{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
 
 
 def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:

@@ -55,6 +55,7 @@ class CRBRConfig:
     tau_start: float = 1.0  # Gumbel temperature, annealed tau = max(tau_min, tau_start * exp(-tau_decay * step))
     tau_min: float = 0.3
     tau_decay: float = 1e-4
+    gumbel_hard: bool = False  # ablation: straight-through (hard one-hot forward, soft gradient) instead of the soft residual
     alpha: float = 0.1  # L_Align weight
     beta: float = 0.1  # L_Balance weight
     align: str = "all"  # "all": mean over layers of ||v(l) - i+||^2; "last": only v(L)
@@ -198,7 +199,7 @@ class CRBR(Recommender):
         ctx = self.context(batch, visible)[keep]
         pos = pos[keep]
         tau = self.tau()
-        q, states, pis = self.soft_path(ctx, tau)
+        q, states, pis = self.soft_path(ctx, tau, hard=c.gumbel_hard)
         V = self.item_vectors()
         cand = batch_candidates(pos, c.n_negatives, c.n_items)
         logits = (q @ V[cand].T) / c.nce_temperature
