@@ -5,7 +5,7 @@
   crbr evaluate --checkpoint runs/x/checkpoints/best.safetensors --export-topk top.parquet
   crbr features --config configs/sasrec_ml1m.yaml --spec text --out items.parquet   item features (cached)
   crbr quickstart                                            the whole job on the embedded synthetic world
-  crbr federated -c configs/residual_ml100k_federated.yaml --num-rounds 30   federated training on Flower
+  crbr federated -c configs/federated/residual_ml100k.yaml --num-rounds 30   federated training on Flower
   crbr index build --vectors items.npy --kind hnsw --out idx/  an item index (exact, flat, hnsw, ivf_flat, ivf_pq)
   crbr retrieve --index idx/ --queries users.npy -k 100 --out top.parquet   top-k items per query vector
 

@@ -1,5 +1,6 @@
 """Plots of a training run: learning curves from metrics.csv and model diagnostics from
-diagnostics.jsonl (e.g. the Q-Former's token specialization), written as PNG files."""
+diagnostics.jsonl (e.g. the Q-Former's token specialization), written as PNG files; for mixture
+models (residual_mixture) the gate and the router's expert usage per epoch (or federated round)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,9 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     fig.savefig(written[-1], dpi=110)
     plt.close(fig)
 
+    written += _plot_mixture(rows, out, plt)
     diag = read_diagnostics(run)
-    if diag:
+    if diag and any(k in diag[0] for k in ("token_cosine", "attn_entropy", "win_share")):
         dep = [d["epoch"] for d in diag]
         fig, ax = plt.subplots(1, 3, figsize=(15, 3.8))
         if "token_cosine" in diag[0]:
@@ -87,3 +89,37 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
     return written
+
+
+MIXTURE_KEYS = ("diag_gate", "client_gate", "diag_aux_ratio", "diag_w_seq", "diag_w_vis", "diag_w_sem",
+                "diag_target_w_seq", "diag_target_w_vis", "diag_target_w_sem")
+
+
+def _plot_mixture(rows: list[dict[str, float]], out: Path, plt) -> list[Path]:
+    """mixture.png: the residual gate g (global and, federated, the clients' mean) and the expert-term
+    size, and the router's weights per source, per epoch (federated runs: per round)."""
+    if not any(k in r for r in rows for k in MIXTURE_KEYS):
+        return []
+    xlab = "round" if any("round" in r for r in rows) else "epoch"
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in (("diag_gate", "gate g"), ("client_gate", "gate g, mean of the round's clients"),
+                       ("diag_aux_ratio", "|expert term| / |LN(seq)|")):
+        pts = [(r["epoch"], r[key]) for r in rows if key in r]
+        if pts:
+            ax[0].plot(*zip(*pts), marker=".", label=label)
+    ax[0].set(xlabel=xlab, title="residual gate")
+    for src, color in (("seq", "C2"), ("vis", "C0"), ("sem", "C1")):
+        for key, style in ((f"diag_w_{src}", "-"), (f"diag_target_w_{src}", "--")):
+            pts = [(r["epoch"], r[key]) for r in rows if key in r]
+            if pts:
+                ax[1].plot(*zip(*pts), style, marker=".", color=color,
+                           label=f"w_{src} ({'catalogue' if style == '-' else 'next items'})")
+    ax[1].set(xlabel=xlab, ylabel="mean router weight", title="expert usage", ylim=(0, 1))
+    for a in ax:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "mixture.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -8,7 +8,7 @@ client's Flower Context state; afterwards everything is averaged. The global mod
 server-side after every round; the best round is tested.
 
     from crbr.federated import FederatedConfig, load_federated_config, run_federated
-    cfg, fed = load_federated_config("configs/residual_ml100k_federated.yaml", ["federated.num_rounds=5"])
+    cfg, fed = load_federated_config("configs/federated/residual_ml100k.yaml", ["federated.num_rounds=5"])
     result = run_federated(cfg, fed)
 
 Command line: `crbr federated -c CONFIG --num-rounds 30 --gating-init 0.1

@@ -28,6 +28,7 @@ from .partition import client_split, partition_users
 log = logging.getLogger("crbr.federated")
 
 LOCAL_STATE_KEY = "crbr-local"  # ArrayRecord in Context.state: this client's copy of the local groups
+OPTIM_STATE_KEY = "crbr-adam"  # ArrayRecord in Context.state: this client's Adam moments and step counts
 
 
 @dataclass
@@ -80,9 +81,34 @@ def register_runtime(rt: ClientRuntime) -> int:
     return key
 
 
-def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batch_size: int, seed: int) -> tuple[float, int]:
-    """`epochs` passes of Adam over `users` (a fresh optimizer per round); (mean loss, #targets)."""
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+def adam_state_to_record(opt: torch.optim.Adam, model: torch.nn.Module) -> ArrayRecord:
+    """Adam's per-parameter state (exp_avg, exp_avg_sq, step) keyed `<param name>::<field>`."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = {}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            out[f"{names[id(p)]}::{k}"] = torch.as_tensor(v).detach().cpu().clone().reshape(torch.as_tensor(v).shape)
+    return ArrayRecord(out)
+
+
+def adam_state_from_record(opt: torch.optim.Adam, model: torch.nn.Module, rec: ArrayRecord) -> None:
+    params = dict(model.named_parameters())
+    by_param: dict[str, dict[str, torch.Tensor]] = {}
+    for key, v in rec.to_torch_state_dict().items():
+        name, field = key.rsplit("::", 1)
+        by_param.setdefault(name, {})[field] = v
+    for name, st in by_param.items():
+        p = params[name]
+        opt.state[p] = {k: (v.to(p.device) if k != "step" else v) for k, v in st.items()}
+
+
+def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batch_size: int, seed: int,
+                opt_state: ArrayRecord | None = None, lr: float | None = None) -> tuple[float, int, torch.optim.Adam]:
+    """`epochs` passes of Adam over `users`, the optimizer restored from `opt_state` if given
+    (else fresh); (mean loss, #targets per epoch, optimizer)."""
+    opt = torch.optim.Adam(model.parameters(), lr=tc.lr if lr is None else lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+    if opt_state is not None:
+        adam_state_from_record(opt, model, opt_state)
     model.train()
     loss_sum, steps, n_targets = 0.0, 0, 0
     for ep in range(epochs):
@@ -103,7 +129,7 @@ def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batc
             steps += 1
             n_targets += int((batch["targets"] > 0).sum())
     model.eval()
-    return loss_sum / max(steps, 1), n_targets // max(epochs, 1)
+    return loss_sum / max(steps, 1), n_targets // max(epochs, 1), opt
 
 
 def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
@@ -118,7 +144,7 @@ def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
     partial = bool(conf.get("partial", False))
     model = rt.model
     load_record(model, msg.content["arrays"])  # the global model
-    local = context.state.get(LOCAL_STATE_KEY) if LOCAL_STATE_KEY in context.state else None
+    local = context.state[LOCAL_STATE_KEY] if LOCAL_STATE_KEY in context.state else None
     if local is not None and rnd <= warm + 1:
         load_record(model, local)  # client-local groups: this client's own copy (warm-up, and R + 1)
     split = client_split(rt.split, rt.parts[pid])
@@ -126,10 +152,14 @@ def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
     stride = 0 if tc.windows == "last" else min(tc.window_stride or rt.max_len, rt.max_len)
     users = TrainUsers(rt.ds, split, rt.max_len, stride=stride)
     torch.manual_seed(tc.seed * 100_003 + rnd * 1000 + pid)
-    loss, n = local_train(model, users, fed.local_epochs, tc, fed.local_batch_size or tc.batch_size,
-                          seed=tc.seed * 100_003 + rnd * 1000 + pid)
+    opt_state = context.state[OPTIM_STATE_KEY] if fed.keep_optimizer_state and OPTIM_STATE_KEY in context.state else None
+    loss, n, opt = local_train(model, users, fed.local_epochs, tc, fed.local_batch_size or tc.batch_size,
+                               seed=tc.seed * 100_003 + rnd * 1000 + pid, opt_state=opt_state,
+                               lr=fed.local_lr)
     if rt.local_keys:
         context.state[LOCAL_STATE_KEY] = to_record(model, rt.local_keys)
+    if fed.keep_optimizer_state:
+        context.state[OPTIM_STATE_KEY] = adam_state_to_record(opt, model)
     arrays = to_record(model, rt.shared_keys if partial else None)
     metrics = {"num-examples": max(n, 1), "train_loss": loss, "train_s": time.perf_counter() - t0}
     stats = getattr(model, "mixture_stats", None)

@@ -31,6 +31,9 @@ class FederatedConfig:
     num_rounds:       FedAvg rounds
     local_epochs:     passes over its own training windows per client per round
     local_batch_size: 0 = train.batch_size
+    local_lr:         clients' Adam learning rate; None = train.lr. FedAvg of many short, noisy
+                      local runs shrinks the averaged step, so clients usually want a larger lr
+                      than centralized training
     warmup_rounds:    partial-aggregation warm-up R: in rounds 1..R only `warmup_groups` are
                       aggregated, every other group stays client-local; from round R + 1 all are
                       aggregated (round R + 1 starts from each client's local copy)
@@ -39,6 +42,8 @@ class FederatedConfig:
     engine:           "inprocess" (Flower ServerApp/ClientApp/FedAvg with an in-process Grid that
                       runs each ClientApp call synchronously; no Ray) or "ray" (Flower's
                       Simulation Engine, flwr.simulation.run_simulation; needs flwr[simulation])
+    keep_optimizer_state: each client keeps its Adam moments across rounds (in its Flower Context
+                      state; they never leave the client); False = a fresh Adam every round
     eval_every:       rounds between server-side validations of the global model (and the last)
     seed:             client sampling and partitioning seed; None = train.seed
     ray_cpus_per_client: Ray backend: CPUs reserved per ClientApp
@@ -50,9 +55,11 @@ class FederatedConfig:
     num_rounds: int = 20
     local_epochs: int = 1
     local_batch_size: int = 0
+    local_lr: float | None = None
     warmup_rounds: int = 0
     warmup_groups: list[str] = field(default_factory=lambda: ["backbone"])
     engine: str = "inprocess"
+    keep_optimizer_state: bool = True
     eval_every: int = 1
     seed: int | None = None
     ray_cpus_per_client: float = 1.0

@@ -114,7 +114,7 @@ class ServerRecorder:
             if rnd > 0 and cur > self.best:
                 self.best, self.best_round = cur, rnd
                 save_weights(self.run_dir / "checkpoints" / "best.safetensors", self.model, self.cfg.model_name, exp,
-                             {"round": rnd, monitor: cur})
+                             {"round": rnd, monitor: cur, "federated": self.fed.to_dict()})
             out = MetricRecord({k: float(v) for k, v in res.metrics.items()})
             log.info("round %d: valid %s %.4f (best %.4f @ round %d)%s", rnd, monitor, cur, self.best, self.best_round,
                      "".join(f", {k} {row[k]:.3f}" for k in ("diag_gate", "diag_w_vis", "diag_w_sem") if k in row))
@@ -123,11 +123,13 @@ class ServerRecorder:
         _write_csv(self.run_dir / "metrics.csv", self.history)
         if rnd > 0:
             save_weights(self.run_dir / "checkpoints" / "last.safetensors", self.model, self.cfg.model_name,
-                         self._experiment_dict(), {"round": rnd})
+                         self._experiment_dict(), {"round": rnd, "federated": self.fed.to_dict()})
         return out
 
     def _experiment_dict(self) -> dict[str, Any]:
-        return {**self.cfg.to_dict(), "federated": self.fed.to_dict()}
+        """The experiment config as `crbr train` stores it (so `crbr evaluate` reads the checkpoint);
+        the federated settings go into their own metadata key."""
+        return self.cfg.to_dict()
 
     def finish(self) -> FederatedResult:
         best = self.run_dir / "checkpoints" / "best.safetensors"
@@ -182,6 +184,11 @@ class _RecordingFedAvg(PartialFedAvg):
     last_train_metrics: MetricRecord | None = None
 
     def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        failed = [m for m in replies if m.has_error()]
+        if replies and len(failed) == len(replies):  # nothing to aggregate: stop instead of idling
+            raise RuntimeError(f"round {server_round}: all {len(replies)} clients failed; first error: "
+                               f"{failed[0].error.reason}")
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.last_train_metrics = metrics
         return arrays, metrics
