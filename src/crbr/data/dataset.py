@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..fileio import atomic_dir
 
 PAD = 0
 
@@ -137,9 +137,7 @@ class SequenceDataset:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically: into a temporary sibling directory, then rename over `path`."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             np.save(tmp / "offsets.npy", self.offsets)
             np.save(tmp / "items.npy", self.items)
             np.save(tmp / "actions.npy", self.actions)
@@ -163,17 +161,6 @@ class SequenceDataset:
                 "info": self.info,
             }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-            if path.exists():
-                old = path.with_name(path.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
     @classmethod

@@ -33,14 +33,14 @@ import abc
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -436,9 +436,7 @@ class ItemIndex(abc.ABC):
     def save(self, path: str | os.PathLike) -> Path:
         """Write the index to directory `path` atomically (temporary sibling, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self._save_payload(tmp)
             np.save(tmp / "ids.npy", self.ids)
             if self.cat_offsets is not None:
@@ -454,17 +452,6 @@ class ItemIndex(abc.ABC):
                 "category_names": self.category_names,
             }
             (tmp / "index.json").write_text(json.dumps(meta, indent=1))
-            if path.exists():
-                old = path.with_name(path.name + ".old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(path, old)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return path
 
 
