@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -77,7 +76,7 @@ def run_stage(name, model, train, data, out: Path, threads: int, ds, split):
     print(f"== {name}: training ({model})", flush=True)
     torch.manual_seed(0)
     m = build_model(cfg.model_name, cfg.model_params, ds, split)
-    res = Trainer(m, ds, split, cfg, max_len=m.config.max_len).fit()
+    Trainer(m, ds, split, cfg, max_len=m.config.max_len).fit()
     m.eval()
     return m, json.loads((run / "results.json").read_text())
 

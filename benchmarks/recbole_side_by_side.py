@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from ..data.dataset import SequenceDataset
+from ..fileio import write_table
 from .evaluator import EvalResult
 
 
@@ -53,19 +51,4 @@ def export_topk(result: EvalResult, ds: SequenceDataset, path: str | os.PathLike
     Atomic: written to a temporary file in the same directory, then os.replace'd over `path`.
     The Parquet schema metadata also carries the protocol line and the reported metrics.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = topk_table(result, ds)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            pq.write_table(table, tmp)
-        else:
-            pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_table(topk_table(result, ds), path)

@@ -12,8 +12,6 @@ query (row of the queries file), rank (1-based), item_id, score; padding is omit
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,8 +75,6 @@ def cmd_index_build(args) -> int:
 
 def cmd_retrieve(args) -> int:
     import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
     from . import Scope, load_index
 
@@ -101,20 +97,9 @@ def cmd_retrieve(args) -> int:
         "item_id": pa.array(res.ids.reshape(-1)[keep]),
         "score": pa.array(res.scores.reshape(-1)[keep]),
     })
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        if path.suffix == ".parquet":
-            pq.write_table(table, tmp)
-        else:
-            pacsv.write_csv(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..fileio import write_table
+
+    path = write_table(table, args.out)
     print(f"{index!r}: top-{k} of {Q:,} queries in {secs:.2f}s ({Q / max(secs, 1e-9):,.0f} queries/s)"
           + (f", scope categories {args.categories}" if scope else "") + f"; {int(keep.sum()):,} rows -> {path}")
     return 0

@@ -29,7 +29,7 @@ Retrieval: score(user, item) = max_m token_m . item over the whole catalogue.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
