@@ -253,8 +253,9 @@ class QFormer(Recommender):
                 nn.init.zeros_(emb.weight)
 
     def _init(self, m: nn.Module) -> None:
-        # embeddings small (init_std); linear maps variance-preserving (Xavier), so the
-        # L2-normalized heads start from well-spread directions rather than from their biases
+        # embeddings N(0, init_std) (0.1: large enough that Adam's first steps do not swamp them);
+        # linear maps variance-preserving (Xavier) with zero biases, so the L2-normalized heads
+        # start from well-spread directions rather than from their biases
         if isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=self.config.init_std)
             if m.padding_idx is not None:
