@@ -235,3 +235,4 @@ def test_trainer_writes_diagnostics_and_report_plots_them(tmp_path):
     assert main(["report", str(tmp_path)]) == 0
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
     assert (tmp_path / "plots" / "diagnostics.png").stat().st_size > 0
+    assert (tmp_path / "plots" / "diagnostics_scalars.png").stat().st_size > 0  # token_cosine etc. per epoch

@@ -88,7 +88,30 @@ def plot_run(run: str | Path, out_dir: str | Path | None = None) -> list[Path]:
         written.append(out / "diagnostics.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)
+    written += _plot_scalar_diagnostics(diag, out, plt)
     return written
+
+
+def _plot_scalar_diagnostics(diag: list[dict], out: Path, plt) -> list[Path]:
+    """Every scalar diagnostic a model logs (e.g. CRBR's per-layer code perplexity and dead-code
+    share, distinct first codes, path purity) against the epoch, one small panel each."""
+    keys = [k for k, v in diag[0].items() if k != "epoch" and isinstance(v, (int, float))] if diag else []
+    if not keys:
+        return []
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    ep = [d["epoch"] for d in diag]
+    for ax, k in zip(axes.flat, keys):
+        ax.plot(ep, [d.get(k, float("nan")) for d in diag], marker=".")
+        ax.set(xlabel="epoch", title=k)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out / "diagnostics_scalars.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return [path]
 
 
 MIXTURE_KEYS = ("diag_gate", "client_gate", "diag_aux_ratio", "diag_w_seq", "diag_w_vis", "diag_w_sem",
