@@ -43,3 +43,15 @@ class Recommender(torch.nn.Module, abc.ABC):
     @abc.abstractmethod
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, I) scores of every item for each user's history in `batch`."""
+
+
+def init_normal(m: torch.nn.Module, std: float) -> None:
+    """The reference initialization of SASRec-style models, for `module.apply`: Linear and
+    Embedding weights N(0, std), Linear biases zero, the padding row of an Embedding zero."""
+    if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)):
+        torch.nn.init.normal_(m.weight, std=std)
+        if isinstance(m, torch.nn.Linear) and m.bias is not None:
+            torch.nn.init.zeros_(m.bias)
+        if isinstance(m, torch.nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from .base import LossOutput, Recommender, init_normal
 from .sasrec import CausalBlock
 
 
@@ -202,13 +202,7 @@ class PinnerFormer(Recommender):
         self._cache: tuple[tuple, torch.Tensor] | None = None  # catalogue embeddings for eval scoring
 
     def _init(self, m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=self.config.init_std)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
+        init_normal(m, self.config.init_std)
 
     # ------------------------------------------------------------------ builder hook
     @torch.no_grad()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from .base import LossOutput, Recommender, init_normal
 from .losses import full_softmax_ce
 
 
@@ -104,13 +104,7 @@ class SASRec(Recommender):
         self.apply(self._init)
 
     def _init(self, m: nn.Module) -> None:
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=self.config.init_std)
-            if isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
+        init_normal(m, self.config.init_std)
 
     # ------------------------------------------------------------------ encoder
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
