@@ -136,6 +136,53 @@ def test_path_retrieval_merges_without_duplicates_and_keeps_paths(trained):
     np.testing.assert_allclose(full.scores, ref.values.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("quota", [3, 7])
+def test_quota_scoring_equals_quota_merge_of_exact_searches(trained, quota):
+    """score() with merge_quota = m ranks first exactly the items retrieve(quota=m) returns when
+    every path is searched exhaustively, in the same order."""
+    ds, split, models, _ = trained
+    m = models[0.1]
+    users = np.arange(24)
+    b = history_batch(ds, users, split.test.hist_len[:24], 64)
+    k = m.config.beam * quota
+    ref = m.retrieve(b, k=k, per_path_k=ds.n_items, quota=quota)
+    m.config.merge_quota = quota
+    try:
+        with torch.no_grad():
+            got = m.score(b).topk(k, dim=1)
+    finally:
+        m.config.merge_quota = 0
+    # where paths coincide (a later beam owning fewer than m items) the merge has fewer than k
+    # items; the scoring ranks the remaining items after them instead of leaving holes
+    found = ref.ids >= 0
+    assert found.sum(1).min() >= quota
+    np.testing.assert_array_equal(np.where(found, got.indices.numpy(), -1), ref.ids)
+    np.testing.assert_allclose(got.values.numpy()[found], ref.scores[found], rtol=1e-5, atol=1e-5)
+    assert (got.values.numpy()[~found] < -1e3).all()
+
+
+def test_multi_path_training_loss_is_the_mixture_bound(trained):
+    """train_paths = P: the NCE term is -log sum_p w_p p(i+ | path p) and gradients reach every block,
+    for independent Gumbel paths and for a perturbed beam of hard paths."""
+    ds, split, models, _ = trained
+    m = models[0.1]
+    users = np.arange(16)
+    b = train_batch(ds, users, split.train_len[users], 64)
+    m.train()
+    try:
+        for P, sampling in ((1, "gumbel"), (3, "gumbel"), (3, "beam")):
+            m.config.train_paths, m.config.path_sampling = P, sampling
+            torch.manual_seed(1)
+            out = m.loss(b)
+            assert torch.isfinite(out.loss) and out.logs["nce"] > 0
+            out.loss.backward()
+            assert all(blk.codebook.grad is not None for blk in m.blocks)
+            m.zero_grad()
+    finally:
+        m.config.train_paths, m.config.path_sampling = 1, "gumbel"
+        m.eval()
+
+
 def test_checkpoint_is_self_contained(trained, tmp_path):
     ds, split, models, d = trained
     m = models[0.1]

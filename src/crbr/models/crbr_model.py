@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, logq_from_counts, mixed_negative_infonce
+from .losses import batch_candidates, logq_from_counts, mixed_negative_logp
 from .qformer import choose_cut
 from .two_tower import TwoTower, TwoTowerConfig
 
@@ -56,6 +56,9 @@ class CRBRConfig:
     tau_min: float = 0.3
     tau_decay: float = 1e-4
     gumbel_hard: bool = False  # ablation: straight-through (hard one-hot forward, soft gradient) instead of the soft residual
+    train_paths: int = 1  # P paths per user in training; P > 1 trains the path mixture (see `loss`)
+    path_sampling: str = "gumbel"  # P > 1: "gumbel" = P independent Gumbel-softmax paths; "beam" = Gumbel-perturbed beam of P hard paths
+    merge_quota: int = 0  # at most this many items per path at the top of the merged ranking (0 = plain max over paths)
     alpha: float = 0.1  # L_Align weight
     beta: float = 0.1  # L_Balance weight
     align: str = "all"  # "all": mean over layers of ||v(l) - i+||^2; "last": only v(L)
@@ -67,6 +70,10 @@ class CRBRConfig:
     def __post_init__(self) -> None:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
             raise ValueError(f"CRBRConfig.codebook_sizes must be a non-empty list of sizes >= 1, got {self.codebook_sizes}")
+        if self.train_paths < 1 or self.merge_quota < 0:
+            raise ValueError(f"CRBRConfig: train_paths must be >= 1 and merge_quota >= 0, got {self.train_paths}, {self.merge_quota}")
+        if self.path_sampling not in ("gumbel", "beam"):
+            raise ValueError(f"CRBRConfig.path_sampling: expected 'gumbel' or 'beam', got {self.path_sampling!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
         if not self.base and self.base_checkpoint:
@@ -199,14 +206,31 @@ class CRBR(Recommender):
         ctx = self.context(batch, visible)[keep]
         pos = pos[keep]
         tau = self.tau()
-        q, states, pis = self.soft_path(ctx, tau, hard=c.gumbel_hard)
+        U, P = ctx.shape[0], c.train_paths
+        if c.path_sampling == "beam" and P > 1:
+            # P hard paths from a Gumbel-perturbed beam search; mixture weights = the routing's
+            # path probabilities renormalized over the beam
+            q, _, S, states, pis = self._beam(ctx, P, noise=True)  # (U, P, D), S (U, P)
+            q, states = q.reshape(U * P, -1), [v.reshape(U * P, -1) for v in states]
+            log_w = torch.log_softmax(S, 1)
+        else:
+            q, states, pis = self.soft_path(ctx.repeat_interleave(P, 0), tau, hard=c.gumbel_hard)  # (U*P, D)
+            log_w = torch.full((U, P), -math.log(P), device=ctx.device)
         V = self.item_vectors()
         cand = batch_candidates(pos, c.n_negatives, c.n_items)
-        logits = (q @ V[cand].T) / c.nce_temperature
-        l_nce = mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
-        target = V[pos]  # (U, D) i+
+        logits = (q @ V[cand].T) / c.nce_temperature  # (U*P, C)
+        logp = mixed_negative_logp(logits, cand, self.item_logq if c.logq_correction else None, c.n_items,
+                                   rows_per_positive=P).view(U, P)
+        # P = 1: plain InfoNCE. P > 1: -log sum_p w_p p(i+ | path p), the mixture likelihood
+        # p(i+ | u) = E_{path ~ routing} p(i+ | path) estimated on P paths; each path is credited by
+        # its posterior responsibility for the positive, so paths can specialize on different
+        # interests instead of all moving toward every target.
+        joint = log_w + logp
+        l_nce = -torch.logsumexp(joint, 1).mean()
+        resp = torch.softmax(joint.detach(), 1).reshape(-1, 1)  # (U*P, 1) responsibilities (1 when P = 1)
+        target = V[pos].repeat_interleave(P, 0)  # (U*P, D) i+
         used = states if c.align == "all" else states[-1:]
-        l_align = torch.stack([((v - target) ** 2).sum(-1).mean() for v in used]).mean()
+        l_align = torch.stack([(resp * (v - target) ** 2).sum(-1).view(U, P).sum(1).mean() for v in used]).mean()
         l_bal = torch.stack([(p.mean(0) * torch.log(p.mean(0).clamp(min=1e-12))).sum() for p in pis]).sum()
         loss = l_nce + c.alpha * l_align + c.beta * l_bal
         if self.training:
@@ -215,34 +239,67 @@ class CRBR(Recommender):
                                  "align": float(l_align.detach()), "balance": float(l_bal.detach()), "tau": tau})
 
     # ------------------------------------------------------------------ inference mode
-    @torch.no_grad()
-    def beam_search(self, ctx: torch.Tensor, beam: int | None = None) -> BeamOutput:
-        """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams."""
-        B = beam or self.config.beam
+    def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False):
+        """Beam search by Score = S + log softmax(z), vectorized over users and beams; with `noise`,
+        the top-B choice at each layer is made on Gumbel-perturbed scores (stochastic paths for
+        training) while S stays the paths' true log-probability. Differentiable in S and v.
+
+        Returns queries (U, B, D), codes (U, B, L), S (U, B), the states v(l) (U, B, D) and the
+        routing distributions of each layer (U * b, M_l)."""
         U, D = ctx.shape
         v = ctx.new_zeros(U, 1, D)  # one empty path per user
         S = ctx.new_zeros(U, 1)
         codes = torch.zeros(U, 1, 0, dtype=torch.long, device=ctx.device)
+        states, probs = [], []
         for blk in self.blocks:
             M = blk.codebook.shape[0]
             logp = F.log_softmax(blk.logits(ctx[:, None, :], v), dim=-1)  # (U, b, M)
+            probs.append(logp.exp().reshape(-1, M))
             cand = (S[:, :, None] + logp).reshape(U, -1)  # (U, b*M)
             k = min(B, cand.shape[1])
-            S, idx = cand.topk(k, dim=1)  # (U, k) best first
+            key = cand.detach()
+            if noise:
+                key = key - torch.log(-torch.log(torch.rand_like(key).clamp(1e-10, 1.0 - 1e-7)))  # + Gumbel(0, 1)
+            idx = key.topk(k, dim=1).indices  # (U, k), best first
+            S = cand.gather(1, idx)
             parent, code = idx // M, idx % M
             v = v.gather(1, parent[:, :, None].expand(-1, -1, D)) + blk.codebook[code]  # hard residual c_j*
+            states = [x.gather(1, parent[:, :, None].expand(-1, -1, D)) for x in states] + [v]
             codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, codes.shape[2])), code[:, :, None]], 2)
-        return BeamOutput(F.normalize(v, dim=-1), codes, S)
+        if noise:  # report the sampled paths best first by their true score
+            S, o = S.sort(1, descending=True)
+            v, codes = v.gather(1, o[:, :, None].expand_as(v)), codes.gather(1, o[:, :, None].expand_as(codes))
+            states = [x.gather(1, o[:, :, None].expand_as(x)) for x in states]
+        return F.normalize(v, dim=-1), codes, S, states, probs
+
+    @torch.no_grad()
+    def beam_search(self, ctx: torch.Tensor, beam: int | None = None) -> BeamOutput:
+        """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams."""
+        q, codes, S, _, _ = self._beam(ctx, beam or self.config.beam)
+        return BeamOutput(q, codes, S)
 
     def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None) -> BeamOutput:
         return self.beam_search(self.context(batch), beam)
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(U, I) exact reference of path retrieval: max over the beams of q_b . item."""
+        """(U, I) exact reference of path retrieval: each item scored by its best beam,
+        max_b q_b . item (merge & sort over full per-path lists). With `merge_quota` = m, only the
+        best m items attributed to each beam keep their score; the others rank after them (score
+        - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
         out = self.beams(batch)
         V = self.item_vectors()
-        s = torch.einsum("ubd,id->ubi", out.queries, V).amax(1)
-        s[:, 0] = float("-inf")
+        s_all = torch.einsum("ubd,id->ubi", out.queries, V)  # (U, B, I)
+        s_all[:, :, 0] = float("-inf")
+        s, src = s_all.max(1)  # (U, I) best score, attributed beam (ties: the earlier beam)
+        m = self.config.merge_quota
+        if m:
+            mine = torch.where(src[:, None, :] == torch.arange(s_all.shape[1], device=s.device)[None, :, None], s[:, None, :],
+                               torch.full_like(s_all, float("-inf")))  # (U, B, I) each beam's own items
+            # rank of every item among its beam's items: score descending, then lower id
+            order = torch.sort(mine, dim=2, descending=True, stable=True).indices
+            rank = torch.empty_like(order).scatter_(2, order, torch.arange(order.shape[2], device=s.device).expand_as(order))
+            keep = rank.gather(1, src[:, None, :])[:, 0] < m  # (U, I)
+            s = torch.where(keep, s, s - 1e4)
         return s
 
     def retrieve(self, batch: dict[str, torch.Tensor], k: int, index=None, per_path_k: int | None = None,

@@ -82,15 +82,31 @@ def mixed_negative_infonce(logits: torch.Tensor, cand: torch.Tensor, pos: torch.
                Yi et al. 2019; mixed negative sampling, Yang et al. 2020).
     Candidates equal to a row's positive (other than its own column) are masked: accidental hits.
     """
-    B, C = logits.shape
+    return -mixed_negative_logp(logits, cand, item_logq, n_items).mean()
+
+
+def mixed_negative_logp(logits: torch.Tensor, cand: torch.Tensor, item_logq: torch.Tensor | None, n_items: int,
+                        rows_per_positive: int = 1) -> torch.Tensor:
+    """(R,) log-probability of each row's positive under the corrected softmax over candidates.
+
+    Like `mixed_negative_infonce`, but several consecutive rows may share one positive: with
+    rows_per_positive = P, rows b*P .. b*P + P - 1 all have candidate b as their positive (e.g. P
+    query vectors of one user). logits: (B*P, C); cand: (C,) whose first B entries are the positives.
+    """
+    R, C = logits.shape
+    P = rows_per_positive
+    if R % P:
+        raise ValueError(f"mixed_negative_logp: {R} rows is not a multiple of rows_per_positive={P}")
+    B = R // P
+    col = torch.arange(B, device=logits.device).repeat_interleave(P)  # (R,) each row's positive column
     logits = logits.float()
     if item_logq is not None:
         q = (B * item_logq[cand].double().exp() + (C - B) / n_items) / C
         logits = logits - q.log().float()
-    hit = cand[None, :] == pos[:, None]  # (B, C)
-    hit[torch.arange(B), torch.arange(B)] = False
+    hit = cand[None, :] == cand[col][:, None]  # (R, C) candidates equal to the row's positive
+    hit[torch.arange(R, device=logits.device), col] = False
     logits = logits.masked_fill(hit, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(B, device=logits.device))
+    return logits.gather(1, col[:, None])[:, 0] - torch.logsumexp(logits, 1)
 
 
 def logq_from_counts(item_counts) -> torch.Tensor:
