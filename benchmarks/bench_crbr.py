@@ -125,6 +125,10 @@ def main() -> None:
         interests = history_categories(ds, es.users, es.hist_len)
         what = "categories of the visible history"
     multi = np.array([len(s) >= 3 for s in interests])
+    # what a history-based model can see: the share of a user's interests among the categories
+    # of the visible history (1 on real data, where the interests are the history's categories)
+    seen = history_categories(ds, es.users, es.hist_len)
+    observable = np.array([len(i & h) / max(len(i), 1) for i, h in zip(interests, seen)])
 
     import yaml
 
@@ -198,7 +202,9 @@ def main() -> None:
         f"machine: {machine_line()}; {args.threads} thread(s).",
         f"Dataset: {args.dataset}" + (f" ({SYNTHETIC})" if world is not None else "") + f"; protocol: {table['crbr']['protocol']}.",
         (f"Variant {args.tag!r}: " + ", ".join(args.set) + ".\n" if args.tag else "") +
-        f"Interests = {what}; multi-interest users = {int(multi.sum())} of {len(multi)} test users with >= 3. "
+        f"Interests = {what}; multi-interest users = {int(multi.sum())} of {len(multi)} test users with >= 3; "
+        f"share of their interests present in their visible history (a ceiling for coverage from the history "
+        f"alone): {observable[multi].mean():.3f}. "
         f"Training capped at {args.minutes:g} min per stage.",
         "",
         "| model | Recall@50 | Recall@50 (>=3) | NDCG@10 | tail HR@10 | interest cov@50 | cov@50 (>=3) | epochs (best) |",

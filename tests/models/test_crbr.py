@@ -67,6 +67,29 @@ def test_narrow_beam_equals_a_loop_reference(beam):
         assert [p for p, _ in paths] == [tuple(c) for c in out.codes[u].tolist()]
 
 
+@pytest.mark.parametrize("beam", [2, 3])
+def test_first_layer_branching_equals_a_loop_reference(beam):
+    """branching="first": B distinct layer-1 codes, each path then refined greedily, best first."""
+    m = tiny()
+    m.config.branching = "first"
+    ctx = torch.randn(4, 8)
+    out = m.beam_search(ctx, beam=beam)
+    for u in range(4):
+        lp1 = F.log_softmax(m.blocks[0].logits(ctx[u], torch.zeros(8)), -1)
+        paths = []
+        for j in lp1.topk(beam).indices.tolist():
+            p, s = (j,), float(lp1[j].detach())
+            for blk in m.blocks[1:]:
+                v = sum((m.blocks[i].codebook[c] for i, c in enumerate(p)), torch.zeros(8))
+                lp = F.log_softmax(blk.logits(ctx[u], v), -1)
+                p, s = p + (int(lp.argmax()),), s + float(lp.max().detach())
+            paths.append((s, p))
+        paths.sort(key=lambda t: -t[0])
+        assert [p for _, p in paths] == [tuple(c) for c in out.codes[u].tolist()]
+        np.testing.assert_allclose([s for s, _ in paths], out.scores[u].numpy(), rtol=1e-5, atol=1e-5)
+        assert len(set(out.codes[u, :, 0].tolist())) == beam
+
+
 def test_gumbel_training_reaches_codebooks_and_routers():
     m = tiny().train()
     ctx = torch.randn(16, 8)
@@ -170,8 +193,9 @@ def test_multi_path_training_loss_is_the_mixture_bound(trained):
     b = train_batch(ds, users, split.train_len[users], 64)
     m.train()
     try:
-        for P, sampling in ((1, "gumbel"), (3, "gumbel"), (3, "beam")):
-            m.config.train_paths, m.config.path_sampling = P, sampling
+        for P, sampling, branching in ((1, "gumbel", "global"), (3, "gumbel", "global"), (3, "beam", "global"),
+                                       (3, "beam", "first")):
+            m.config.train_paths, m.config.path_sampling, m.config.branching = P, sampling, branching
             torch.manual_seed(1)
             out = m.loss(b)
             assert torch.isfinite(out.loss) and out.logs["nce"] > 0
@@ -179,7 +203,7 @@ def test_multi_path_training_loss_is_the_mixture_bound(trained):
             assert all(blk.codebook.grad is not None for blk in m.blocks)
             m.zero_grad()
     finally:
-        m.config.train_paths, m.config.path_sampling = 1, "gumbel"
+        m.config.train_paths, m.config.path_sampling, m.config.branching = 1, "gumbel", "global"
         m.eval()
 
 

@@ -52,6 +52,8 @@ class CRBRConfig:
     codebook_sizes: list[int] = field(default_factory=lambda: [64, 64, 64])  # M_l per layer; L = len
     router_hidden: int = 128
     beam: int = 4  # B at inference
+    branching: str = "global"  # "global": top-B over all B x M_l candidates at every layer (seed 000 §3.3 text);
+    # "first": B distinct layer-1 codes, then each path refined by its own best code (the seed's diagram)
     tau_start: float = 1.0  # Gumbel temperature, annealed tau = max(tau_min, tau_start * exp(-tau_decay * step))
     tau_min: float = 0.3
     tau_decay: float = 1e-4
@@ -72,6 +74,8 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.codebook_sizes must be a non-empty list of sizes >= 1, got {self.codebook_sizes}")
         if self.train_paths < 1 or self.merge_quota < 0:
             raise ValueError(f"CRBRConfig: train_paths must be >= 1 and merge_quota >= 0, got {self.train_paths}, {self.merge_quota}")
+        if self.branching not in ("global", "first"):
+            raise ValueError(f"CRBRConfig.branching: expected 'global' or 'first', got {self.branching!r}")
         if self.path_sampling not in ("gumbel", "beam"):
             raise ValueError(f"CRBRConfig.path_sampling: expected 'gumbel' or 'beam', got {self.path_sampling!r}")
         if self.align not in ("all", "last"):
@@ -251,23 +255,29 @@ class CRBR(Recommender):
         S = ctx.new_zeros(U, 1)
         codes = torch.zeros(U, 1, 0, dtype=torch.long, device=ctx.device)
         states, probs = [], []
+        per_path = False  # "first" branching: after layer 1 every path keeps its own best continuation
         for blk in self.blocks:
             M = blk.codebook.shape[0]
             logp = F.log_softmax(blk.logits(ctx[:, None, :], v), dim=-1)  # (U, b, M)
             probs.append(logp.exp().reshape(-1, M))
-            cand = (S[:, :, None] + logp).reshape(U, -1)  # (U, b*M)
-            k = min(B, cand.shape[1])
+            cand = S[:, :, None] + logp  # (U, b, M)
             key = cand.detach()
             if noise:
                 key = key - torch.log(-torch.log(torch.rand_like(key).clamp(1e-10, 1.0 - 1e-7)))  # + Gumbel(0, 1)
-            idx = key.topk(k, dim=1).indices  # (U, k), best first
+            b = cand.shape[1]
+            if per_path:
+                idx = key.argmax(-1) + torch.arange(b, device=ctx.device)[None, :] * M  # (U, b) flat ids
+            else:
+                idx = key.reshape(U, -1).topk(min(B, b * M), dim=1).indices  # (U, k), best first
+            per_path = self.config.branching == "first"
+            cand = cand.reshape(U, -1)
             S = cand.gather(1, idx)
             parent, code = idx // M, idx % M
             v = v.gather(1, parent[:, :, None].expand(-1, -1, D)) + blk.codebook[code]  # hard residual c_j*
             states = [x.gather(1, parent[:, :, None].expand(-1, -1, D)) for x in states] + [v]
             codes = torch.cat([codes.gather(1, parent[:, :, None].expand(-1, -1, codes.shape[2])), code[:, :, None]], 2)
-        if noise:  # report the sampled paths best first by their true score
-            S, o = S.sort(1, descending=True)
+        if noise or per_path:  # report the paths best first by their true score
+            S, o = S.sort(dim=1, descending=True, stable=True)
             v, codes = v.gather(1, o[:, :, None].expand_as(v)), codes.gather(1, o[:, :, None].expand_as(codes))
             states = [x.gather(1, o[:, :, None].expand_as(x)) for x in states]
         return F.normalize(v, dim=-1), codes, S, states, probs
