@@ -68,7 +68,9 @@ def run_stage(name, model, train, data, out: Path, threads: int, ds, split):
     if (run / "results.json").exists() and best.exists():
         print(f"== {name}: reusing {best}", flush=True)
         m, _ = load_model_from_checkpoint(best)
-        return m, json.loads((run / "results.json").read_text())
+        res = json.loads((run / "results.json").read_text())
+        res["reused"] = str(run.resolve())
+        return m, res
     cfg = from_dict(ExperimentConfig, {
         "name": f"bench_crbr_{name}", "data": data, "split": {"name": "leave_one_out"}, "model": model,
         "train": {"batch_size": 128, "seed": 0, "threads": threads, "progress": False, **train},
@@ -206,6 +208,8 @@ def main() -> None:
         f"share of their interests present in their visible history (a ceiling for coverage from the history "
         f"alone): {observable[multi].mean():.3f}. "
         f"Training capped at {args.minutes:g} min per stage.",
+        *[f"Stage {n}: reused the run in {r['reused']} (config {r.get('name', '?')}, code {r.get('code_version', '?')})."
+          for n, r in rows.items() if r.get("reused")],
         "",
         "| model | Recall@50 | Recall@50 (>=3) | NDCG@10 | tail HR@10 | interest cov@50 | cov@50 (>=3) | epochs (best) |",
         "|---|---|---|---|---|---|---|---|",

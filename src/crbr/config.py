@@ -41,6 +41,9 @@ class TrainConfig:
     beta2: float = 0.98
     grad_clip: float = 0.0  # max grad norm; 0 = off
     patience: int = 10  # early stopping: validations without improvement of `monitor`
+    lr_decay: float = 1.0  # multiply the learning rate by this after lr_patience validations without improvement (1 = off)
+    lr_patience: int = 5
+    lr_min: float = 1e-5  # the decay stops here
     monitor: str = "NDCG@10"  # validation metric that selects the best checkpoint
     eval_every: int = 1  # epochs between validations
     seed: int = 42
@@ -53,6 +56,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.windows not in ("last", "all"):
             raise ValueError(f"train.windows: expected 'last' or 'all', got {self.windows!r}")
+        if not 0.0 < self.lr_decay <= 1.0 or self.lr_patience < 1:
+            raise ValueError(f"train.lr_decay must be in (0, 1] and train.lr_patience >= 1, got {self.lr_decay}, {self.lr_patience}")
 
 
 @dataclass

@@ -91,6 +91,18 @@ def test_early_stopping_stops_on_patience(world, tmp_path):
     assert res.epochs_run == 3  # epoch 1 sets the best, two more without improvement
 
 
+def test_learning_rate_decays_on_a_validation_plateau(world, tmp_path):
+    """lr_decay: the rate is multiplied after lr_patience validations without improvement, down
+    to lr_min; an improvement resets the count. An lr of 1e-9 leaves validation flat."""
+    fit(world, cfg(tmp_path, epochs=6, lr=1e-9, lr_decay=0.5, lr_patience=2, lr_min=3e-10))
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("lr")
+    lrs = [float(r.split(",")[col]) for r in rows[1:]]
+    assert lrs == pytest.approx([1e-9, 1e-9, 5e-10, 5e-10, 3e-10, 3e-10])
+    with pytest.raises(ValueError, match="lr_decay"):
+        cfg(tmp_path, lr_decay=0.0)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_train_and_evaluate(tmp_path):
     """`torchrun --nproc_per_node 2 crbr train` trains with DDP (gloo) and evaluates over both shards."""

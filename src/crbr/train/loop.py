@@ -184,12 +184,13 @@ class Trainer:
         opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
         net = DistributedDataParallel(self.model) if self.dist.world_size > 1 else self.model
 
-        start_epoch, best, best_epoch, bad, history, elapsed0 = 1, -math.inf, 0, 0, [], 0.0
+        start_epoch, best, best_epoch, bad, bad_lr, history, elapsed0 = 1, -math.inf, 0, 0, 0, [], 0.0
         if resume and (ckpt_dir / "last.pt").exists():
             st = load_state(ckpt_dir / "last.pt")
             self.model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
             start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
+            bad_lr = int(st.get("bad_lr", bad))
             history, elapsed0 = json.loads(st["history"]), st["elapsed"]
             torch.set_rng_state(st["torch_rng"])
             np.random.set_state(_np_state_from(st["numpy_rng"]))
@@ -259,9 +260,14 @@ class Trainer:
                     raise KeyError(f"train.monitor={tc.monitor!r} is not a metric; available: {sorted(res.metrics)}")
                 cur = res.metrics[tc.monitor]
                 if cur > best:
-                    best, best_epoch, bad, improved = cur, epoch, 0, True
+                    best, best_epoch, bad, bad_lr, improved = cur, epoch, 0, 0, True
                 else:
-                    bad += 1
+                    bad, bad_lr = bad + 1, bad_lr + 1
+                if tc.lr_decay < 1.0 and bad_lr >= tc.lr_patience:  # decay on a validation plateau
+                    for g in opt.param_groups:
+                        g["lr"] = max(g["lr"] * tc.lr_decay, tc.lr_min)
+                    bad_lr = 0
+            row["lr"] = opt.param_groups[0]["lr"]
             row["elapsed_s"] = time.perf_counter() - t_start
             history.append(row)
 
@@ -282,7 +288,7 @@ class Trainer:
                 save_weights(ckpt_dir / "last.safetensors", self.model, self.cfg.model_name, exp, {"epoch": epoch})
                 save_state(ckpt_dir / "last.pt", {
                     "model": self.model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                    "best": best, "best_epoch": best_epoch, "bad": bad, "history": json.dumps(history),
+                    "best": best, "best_epoch": best_epoch, "bad": bad, "bad_lr": bad_lr, "history": json.dumps(history),
                     "elapsed": row["elapsed_s"], "torch_rng": torch.get_rng_state(),
                     "numpy_rng": _np_state_to(np.random.get_state()),
                 })
