@@ -41,7 +41,7 @@ def main() -> None:
     from crbr.data.batching import history_batch
     from crbr.data.dataset import leave_one_out, train_item_counts
     from crbr.data.synthetic import SyntheticConfig, generate
-    from crbr.eval.interests import interest_coverage
+    from crbr.eval.interests import history_categories, interest_coverage
     from crbr.train.checkpoint import load_model_from_checkpoint
     from crbr.train.loop import build_evaluator
 
@@ -53,6 +53,8 @@ def main() -> None:
     o = world.interest_offsets
     interests = [set(world.interest_categories[o[u]:o[u + 1]].tolist()) for u in es.users]
     multi = np.array([len(s) >= 3 for s in interests])
+    seen = history_categories(ds, es.users, es.hist_len)
+    observable = np.array([len(i & h) / max(len(i), 1) for i, h in zip(interests, seen)])[multi].mean()
     rows, protocol = [], ""
     for run in map(Path, args.runs):
         m, _ = load_model_from_checkpoint(run / "checkpoints" / "best.safetensors")
@@ -78,7 +80,9 @@ def main() -> None:
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/crbr_variants.py {' '.join(sys.argv[1:])}`; "
         f"machine: {machine_line()}; {args.threads} thread(s).",
         f"Dataset: synthetic ({SYNTHETIC}); protocol: {protocol}. B = 4 beams; quota = at most {args.quota} items per path "
-        "in the merged top 50. Coverage counts true interests.",
+        "in the merged top 50. Coverage counts true interests; users with >= 3 interests have "
+        f"{observable:.3f} of theirs among the categories of their whole visible history (the most a model of "
+        "the history can find without guessing).",
         "",
         "| run | training | branching | quota | Recall@50 | Recall@50 (>=3) | cov@50 | cov@50 (>=3) | distinct layer-1 codes |",
         "|---|---|---|---|---|---|---|---|---|",

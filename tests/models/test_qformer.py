@@ -138,6 +138,34 @@ def test_itc_logq_and_accidental_hits():
     torch.testing.assert_close(got, F.cross_entropy(logits, torch.arange(2)))
 
 
+def test_itc_with_several_future_positives_matches_a_pair_by_pair_reference():
+    """itc_future = k: one softmax term per (row, positive); the row's other positives are left
+    out of its softmax, other rows' positives stay negatives; padding positives are skipped."""
+    m = model(n_negatives=3, n_items=5)
+    m.attach_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
+    z = torch.randn(2, 4, 16)
+    pos = torch.tensor([[2, 4], [3, 0]])
+    torch.manual_seed(5)
+    got = m._itc(z, pos)
+    torch.manual_seed(5)
+    rand = torch.randint(1, 6, (3,))
+    pairs = [(0, 2), (0, 4), (1, 3)]
+    cand = torch.cat([torch.tensor([p for _, p in pairs]), rand])
+    zz = F.normalize(m.user_head(z), dim=-1)
+    sim = torch.einsum("bmd,cd->bmc", zz, m.item_vectors(cand)).amax(1) * m.logit_scale.exp()
+    p = torch.tensor([0, 10, 20, 30, 20, 20], dtype=torch.float64) / 100
+    q = (3 * p[cand] + 3 / 5) / 6
+    terms = []
+    for j, (b, item) in enumerate(pairs):
+        row = sim[b] - q.log().float()
+        mine = {int(x) for x in pos[b] if x > 0}
+        for c in range(len(cand)):
+            if c != j and int(cand[c]) in mine:
+                row[c] = float("-inf")
+        terms.append(-(row[j] - torch.logsumexp(row, 0)))
+    torch.testing.assert_close(got, torch.stack(terms).mean())
+
+
 def test_mask_slots_never_hide_the_newest_or_padding():
     m = model(mask_ratio=0.5, max_masked=3)
     vis = torch.tensor([[False, True, True, True, True, True], [False, False, False, False, True, True],
@@ -156,7 +184,8 @@ def test_both_tasks_train_and_can_be_switched_off():
     split = leave_one_out(ds)
     users = np.arange(16)
     b = train_batch(ds, users, split.train_len[users], 32)
-    for kw, keys in [({}, {"itc", "recon"}), ({"recon_weight": 0.0}, {"itc"}), ({"itc_weight": 0.0}, {"recon"})]:
+    for kw, keys in [({}, {"itc", "recon"}), ({"recon_weight": 0.0}, {"itc"}), ({"itc_weight": 0.0}, {"recon"}),
+                     ({"itc_future": 4}, {"itc", "recon"})]:
         m = model(n_items=ds.n_items, n_actions=ds.n_actions, **kw).train()
         out = m.loss(b)
         assert keys <= set(out.logs) and not ({"itc", "recon"} - keys) & set(out.logs)

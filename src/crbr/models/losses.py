@@ -86,12 +86,14 @@ def mixed_negative_infonce(logits: torch.Tensor, cand: torch.Tensor, pos: torch.
 
 
 def mixed_negative_logp(logits: torch.Tensor, cand: torch.Tensor, item_logq: torch.Tensor | None, n_items: int,
-                        rows_per_positive: int = 1) -> torch.Tensor:
+                        rows_per_positive: int = 1, extra_hits: torch.Tensor | None = None) -> torch.Tensor:
     """(R,) log-probability of each row's positive under the corrected softmax over candidates.
 
     Like `mixed_negative_infonce`, but several consecutive rows may share one positive: with
     rows_per_positive = P, rows b*P .. b*P + P - 1 all have candidate b as their positive (e.g. P
     query vectors of one user). logits: (B*P, C); cand: (C,) whose first B entries are the positives.
+    extra_hits: optional (R, C) bool, more candidates to leave out of a row's softmax (e.g. the
+    user's other positives); the row's own positive column is always kept.
     """
     R, C = logits.shape
     P = rows_per_positive
@@ -104,6 +106,8 @@ def mixed_negative_logp(logits: torch.Tensor, cand: torch.Tensor, item_logq: tor
         q = (B * item_logq[cand].double().exp() + (C - B) / n_items) / C
         logits = logits - q.log().float()
     hit = cand[None, :] == cand[col][:, None]  # (R, C) candidates equal to the row's positive
+    if extra_hits is not None:
+        hit = hit | extra_hits
     hit[torch.arange(R, device=logits.device), col] = False
     logits = logits.masked_fill(hit, float("-inf"))
     return logits.gather(1, col[:, None])[:, 0] - torch.logsumexp(logits, 1)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_infonce
+from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_logp
 
 
 @dataclass
@@ -67,6 +67,7 @@ class QFormerConfig:
     init_temperature: float = 0.2
     learn_temperature: bool = True
     cut: str = "random"  # which next item Task A predicts: "last" of the window or a "random" cut point
+    itc_future: int = 1  # Task A positives per cut: the next k events (1 = the next item; k > 1 = dense future targets)
     # Task B
     recon_weight: float = 1.0  # 0 switches Task B off
     mask_ratio: float = 0.2
@@ -77,6 +78,8 @@ class QFormerConfig:
     def __post_init__(self) -> None:
         if self.hidden % self.n_heads:
             raise ValueError(f"QFormerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
+        if self.itc_future < 1:
+            raise ValueError(f"QFormerConfig.itc_future must be >= 1, got {self.itc_future}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"QFormerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
         if self.itc_weight <= 0 and self.recon_weight <= 0:
@@ -389,6 +392,9 @@ class QFormer(Recommender):
             enc_visible = visible
         tokens = self.encoder(self._history(batch, visible), enc_visible).tokens  # (B, M, D)
         if c.itc_weight > 0:
+            if c.itc_future > 1:  # the next k events after the cut: targets[c], targets[c + 1], ...
+                j = cut[:, None] + torch.arange(c.itc_future, device=items.device)[None, :]  # (B, k)
+                pos = torch.where(j < N, batch["targets"].gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
             la = self._itc(tokens, pos)
             total = total + c.itc_weight * la
             logs["itc"] = float(la.detach())
@@ -401,16 +407,26 @@ class QFormer(Recommender):
         return LossOutput(total, logs)
 
     def _itc(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """InfoNCE of max-over-tokens similarity against in-batch + sampled negatives."""
+        """InfoNCE of max-over-tokens similarity against in-batch + sampled negatives.
+
+        pos: (B,) one positive per row, or (B, k) several (0 = none): each (row, positive) pair is
+        one softmax term in which the row's other positives are neither positives nor negatives."""
         c = self.config
         z = F.normalize(self.user_head(tokens), dim=-1)  # (B, M, d)
-        keep = pos > 0
-        z, pos = z[keep], pos[keep]
-        cand = batch_candidates(pos, c.n_negatives, c.n_items)  # (C,) in-batch positives, then random ones
+        pos2 = pos.reshape(pos.shape[0], -1)  # (B, k)
+        row, slot = (pos2 > 0).nonzero(as_tuple=True)  # (P,) pairs
+        p = pos2[row, slot]
+        cand = batch_candidates(p, c.n_negatives, c.n_items)  # (C,) in-batch positives, then random ones
         V = self.item_vectors(cand)  # (C, d)
-        sim = torch.einsum("bmd,cd->bmc", z, V).amax(1)  # (B, C) max over tokens
-        logits = sim.float() * self.logit_scale.exp().clamp(max=100.0)
-        return mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
+        used, inv = row.unique(return_inverse=True)
+        sim = torch.einsum("bmd,cd->bmc", z[used], V).amax(1)  # (B', C) max over tokens, once per row
+        logits = sim.float()[inv] * self.logit_scale.exp().clamp(max=100.0)  # (P, C)
+        others = None
+        if pos2.shape[1] > 1:
+            mine = pos2[row]  # (P, k) the row's positives
+            others = ((mine[:, :, None] == cand[None, None, :]) & (mine[:, :, None] > 0)).any(1)  # (P, C)
+        logq = self.item_logq if c.logq_correction else None
+        return -mixed_negative_logp(logits, cand, logq, c.n_items, extra_hits=others).mean()
 
     def _recon(self, tokens: torch.Tensor, batch: dict[str, torch.Tensor], visible: torch.Tensor,
                m_idx: torch.Tensor, m_ok: torch.Tensor) -> torch.Tensor:
