@@ -112,6 +112,13 @@ def test_score_is_max_over_tokens_of_dot_products():
         ref = torch.stack([(z[i] @ V.T).max(0).values for i in range(2)])
         got = m.score(b, chunk=7)  # chunked over items
     torch.testing.assert_close(got[:, 1:], ref[:, 1:])
+    b = batch_of([[1, 2, 3], [9], [4, 5], [6], [7, 8, 9]], 4)
+    with torch.no_grad():
+        z = m.user_tokens(b)
+        ref = torch.stack([(z[i] @ V.T).max(0).values for i in range(5)])
+        M = z.shape[1]
+        got = m.score(b, chunk=(1 << 19) // (2 * M))  # tiles of 2 users x all items
+    torch.testing.assert_close(got[:, 1:], ref[:, 1:])
 
 
 def test_itc_logq_and_accidental_hits():

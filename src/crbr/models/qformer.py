@@ -344,13 +344,19 @@ class QFormer(Recommender):
         return F.normalize(self.user_head(self.encode(batch).tokens), dim=-1)
 
     # ------------------------------------------------------------------ API
-    def score(self, batch: dict[str, torch.Tensor], chunk: int = 8192) -> torch.Tensor:
-        """(B, I): max over the M tokens of token . item, computed in item chunks."""
+    def score(self, batch: dict[str, torch.Tensor], chunk: int = 1024) -> torch.Tensor:
+        """(B, I): max over the M tokens of token . item, computed in tiles of users x `chunk`
+        items small enough (about 2 MB of similarities) to stay in cache before the max."""
         z = self.user_tokens(batch)  # (B, M, d)
         V = self.item_vectors()  # (I, d)
-        out = torch.empty(z.shape[0], V.shape[0], dtype=z.dtype, device=z.device)
-        for s in range(0, V.shape[0], chunk):
-            out[:, s : s + chunk] = torch.einsum("bmd,id->bmi", z, V[s : s + chunk]).amax(1)
+        B, M, d = z.shape
+        ub = max(1, (1 << 19) // (M * chunk))  # users per tile
+        zf = z.reshape(B * M, d)
+        out = torch.empty(B, V.shape[0], dtype=z.dtype, device=z.device)
+        for u in range(0, B, ub):
+            zu = zf[u * M : (u + ub) * M]  # (ub*M, d)
+            for s in range(0, V.shape[0], chunk):
+                out[u : u + ub, s : s + chunk] = (zu @ V[s : s + chunk].T).view(-1, M, min(chunk, V.shape[0] - s)).amax(1)
         out[:, 0] = float("-inf")
         return out
 
