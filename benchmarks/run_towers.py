@@ -35,13 +35,15 @@ RUNS = {
     "qformer_ab": ("qformer", []),
     "qformer_a": ("qformer", ["model.recon_weight=0.0"]),
     "qformer_b": ("qformer", ["model.itc_weight=0.0"]),
+    "qformer_ab_f8": ("qformer", ["model.itc_future=8"]),
     "pinnerformer": ("pinnerformer", []),
     "two_tower_pma": ("two_tower", ["model.pooling=pma"]),
     "two_tower_mean": ("two_tower", ["model.pooling=mean"]),
 }
 LABEL = {
     "qformer_ab": "Q-Former A+B (max-sim)", "qformer_a": "Q-Former A only (max-sim)",
-    "qformer_b": "Q-Former B only (max-sim)", "pinnerformer": "PinnerFormer-style",
+    "qformer_b": "Q-Former B only (max-sim)", "qformer_ab_f8": "Q-Former A+B, Task A on the next 8 events (max-sim)",
+    "pinnerformer": "PinnerFormer-style",
     "two_tower_pma": "Retrieval A: SAB + PMA", "two_tower_mean": "Retrieval A: mean pooling (ablation)",
     "sasrec": "SASRec (foundation)",
 }
@@ -85,7 +87,8 @@ def train(name: str, dataset: str, out: Path, threads: int, minutes: float, extr
 
 def from_run(run_dir: Path) -> dict:
     res = json.loads((run_dir / "results.json").read_text())
-    res["run_dir"], res["command"] = str(run_dir), f"(existing run {run_dir})"
+    cfg = res.get("config", {})
+    res["run_dir"], res["command"] = str(run_dir), f"(existing run {run_dir}; config {cfg.get('name', '?')}, overrides as in its config.yaml)"
     ck = run_dir / "checkpoints" / "best.safetensors"
     res["masked"] = parse_table(crbr("evaluate", "--checkpoint", str(ck), "--mask-history"))
     res["unmasked"] = parse_table(crbr("evaluate", "--checkpoint", str(ck), "--no-mask-history"))
@@ -115,6 +118,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", choices=list(RUNS), default=list(RUNS),
                     help="models to (re)train; none = only rewrite the table from stored results")
     ap.add_argument("--sasrec-run", help="an existing SASRec run directory to report beside the towers")
+    ap.add_argument("--existing", nargs="*", default=[], metavar="NAME=RUN_DIR",
+                    help="report runs trained elsewhere (e.g. by `crbr train` with the same config and overrides) "
+                         "under NAME, re-evaluated from their best checkpoint")
     ap.add_argument("--out", default=str(ROOT / "runs" / "towers"))
     ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
@@ -132,8 +138,10 @@ def main() -> None:
         results[name] = train(name, args.dataset, out, args.threads, args.minutes, extra)
         out.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(results, indent=1, default=float))  # keep finished runs
-    if args.sasrec_run:
-        results["sasrec"] = from_run(Path(args.sasrec_run))
+    existing = [("sasrec", args.sasrec_run)] if args.sasrec_run else []
+    existing += [tuple(e.split("=", 1)) for e in args.existing]
+    for name, run in existing:
+        results[name] = from_run(Path(run))
         store.write_text(json.dumps(results, indent=1, default=float))
     any_r = next(iter(results.values()))
     section = "\n".join([
