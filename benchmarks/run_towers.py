@@ -52,8 +52,11 @@ LABEL = {
 def crbr(*args: str) -> str:
     cmd = [sys.executable, "-m", "crbr.cli.main", *args]
     print("$", " ".join(cmd), flush=True)
-    out = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     sys.stderr.write(out.stderr[-3000:])
+    if out.returncode:
+        sys.stderr.write(out.stdout[-3000:])
+        raise subprocess.CalledProcessError(out.returncode, cmd)
     return out.stdout
 
 
