@@ -201,6 +201,12 @@ def test_both_tasks_train_and_can_be_switched_off():
         assert m.encoder.queries.grad is not None and m.encoder.queries.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="nothing to train"):
         QFormerConfig(n_items=5, itc_weight=0, recon_weight=0)
+    # Task B alone on histories of one event has no slot to hide: a zero loss the step can still take
+    m = model(n_items=ds.n_items, n_actions=ds.n_actions, itc_weight=0.0).train()
+    short = train_batch(ds, users, np.full(len(users), 2), 32)
+    out = m.loss(short)
+    assert float(out.loss) == 0.0 and "recon" not in out.logs
+    out.loss.backward()
 
 
 def test_long_histories_run():

@@ -408,6 +408,8 @@ class QFormer(Recommender):
             lb = self._recon(tokens, batch, visible, m_idx, m_ok)
             total = total + c.recon_weight * lb
             logs["recon"] = float(lb.detach())
+        if not total.requires_grad:  # nothing to learn in this batch (e.g. Task B only, no slot to hide)
+            total = total + 0.0 * tokens.sum()
         logs["loss"] = float(total.detach())
         logs["tau"] = float(1.0 / self.logit_scale.detach().exp())
         return LossOutput(total, logs)
