@@ -47,12 +47,17 @@ def test_partitions_are_disjoint_and_cover_trainable_users():
         partition_users(train_len, 20)
 
 
-def test_two_clients_two_rounds_change_the_global_weights(world, tmp_path):
+def fresh_model(world, tmp_path):
+    """The federated experiment's config, a freshly seeded model and a copy of its parameters."""
     ds, split = world
     cfg = experiment(tmp_path)
     torch.manual_seed(1)
     model = build_model(cfg.model_name, cfg.model_params, ds, split)
-    before = params(model)
+    return ds, split, cfg, model, params(model)
+
+
+def test_two_clients_two_rounds_change_the_global_weights(world, tmp_path):
+    ds, split, cfg, model, before = fresh_model(world, tmp_path)
     fed = FederatedConfig(num_clients=2, num_rounds=2)
     res = run_federated(cfg, fed, ds, split, model)
     assert res.rounds_run == 2 and res.best_round in (1, 2)
@@ -79,11 +84,7 @@ def test_partial_aggregation_keeps_local_groups_during_warmup(world, tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
     import copy
 
-    ds, split = world
-    cfg = experiment(tmp_path)
-    torch.manual_seed(1)
-    model = build_model(cfg.model_name, cfg.model_params, ds, split)
-    before = params(model)
+    ds, split, cfg, model, before = fresh_model(world, tmp_path)
     fed = FederatedConfig(num_clients=2, num_rounds=2, warmup_rounds=2)  # both rounds are warm-up
     rt = ClientRuntime.build(cfg, fed, ds, split, copy.deepcopy(model))
     key = register_runtime(rt)
