@@ -88,7 +88,7 @@ def main() -> None:
     import torch
 
     from _common import machine_line
-    from crbr.index import ExactIndex, IndexConfig, build_index, recall_at_k
+    from crbr.index import IndexConfig, build_index, recall_at_k
 
     faiss.omp_set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
