@@ -285,6 +285,8 @@ def main() -> int:
     ap.add_argument("--workdir", default="/tmp/recbole_side_by_side", help="run directories and logs")
     ap.add_argument("--crbr-epochs", type=int, default=None, help="crbr train.epochs (default: the config's)")
     ap.add_argument("--poll", type=float, default=60.0, help="seconds between progress lines")
+    ap.add_argument("--crbr-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra crbr override outside the shared settings, e.g. train.bf16=true (repeatable)")
     args = ap.parse_args()
 
     out_base = Path(args.out)
@@ -326,7 +328,7 @@ def main() -> int:
     split_dump = work / "recbole_split.json"
     rb_cmd = [rb_py, str(RUNNER), f"{args.minutes:g}", str(split_dump), *rb_cfgs]
     crbr_dir = work / "crbr_sasrec_ml100k"
-    cr_ov = crbr_overrides(crbr_dir, args.minutes, args.crbr_epochs)
+    cr_ov = crbr_overrides(crbr_dir, args.minutes, args.crbr_epochs) + list(args.crbr_set)
     cr_cmd = [sys.executable, "-m", "crbr.cli.main", "train", "-c", str(CRBR_CONFIG), *cr_ov]
     for p in (crbr_dir / "metrics.csv", crbr_dir / "results.json", split_dump):
         p.unlink(missing_ok=True)
@@ -383,7 +385,6 @@ def main() -> int:
     rb_fit_start = float(m.group(1)) if m else None
     cr_rows = read_crbr_metrics(crbr_dir / "metrics.csv")
     cr_res = json.loads((crbr_dir / "results.json").read_text())
-    cr_text = cr_log.read_text(errors="replace")
 
     rb_split = json.loads(split_dump.read_text())
     split_cmp = compare_splits(rb_split, crsplit)
@@ -460,7 +461,10 @@ def main() -> int:
              f"(hidden) / 0.5 (attention), N(0, 0.02) init, full-softmax CE loss, Adam lr 1e-3 betas (0.9, 0.999), no "
              f"weight decay, batch 256, early stopping on validation NDCG@10 (patience: RecBole 10, crbr "
              f"{cr_res['config']['train']['patience']} of its epochs), wall-clock cap "
-             f"{args.minutes:g} min each. Seeds: crbr {cr_res['seed']}, RecBole {2020} (one seed each).")
+             f"{args.minutes:g} min each. Seeds: crbr {cr_res['seed']}, RecBole {2020} (one seed each). "
+             f"Precision: RecBole fp32; crbr {'bf16 autocast' if cr_res['config']['train'].get('bf16') else 'fp32'}"
+             + (f" (crbr-only settings: {', '.join('`' + o + '`' for o in args.crbr_set)})" if args.crbr_set else "")
+             + ".")
     L.append(f"- **Commands**: `{crbr_cmd_show}` and `{rb_cmd_show}` (EXTRA.yaml = the RecBole SASRec defaults written "
              f"out, `stopping_step: 10`, `metric_decimal_place: 6`; `recbole_sasrec_runner.py` = "
              f"`../shared/peers/recbole/run_one.py` plus one-thread setup, per-epoch timing hook and split dump).")

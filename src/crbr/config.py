@@ -22,11 +22,21 @@ from .data.prepare import DataConfig
 
 @dataclass
 class SplitConfig:
-    """How events are split: 'leave_one_out' (last = test, second-to-last = validation) or 'temporal'."""
+    """How events are split: 'leave_one_out' (last = test, second-to-last = validation),
+    'leave_k_out' (last k = test targets, the k before = validation targets) or 'temporal'."""
 
     name: str = "leave_one_out"
+    k: int = 5  # leave_k_out only
     valid_frac: float = 0.1  # temporal only
     test_frac: float = 0.1  # temporal only
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of crbr.data.dataset.make_split for this split."""
+        if self.name == "temporal":
+            return {"valid_frac": self.valid_frac, "test_frac": self.test_frac}
+        if self.name == "leave_k_out":
+            return {"k": self.k}
+        return {}
 
 
 @dataclass

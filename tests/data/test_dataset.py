@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crbr.data.batching import TrainUsers, history_batch, train_batch
-from crbr.data.dataset import SequenceDataset, leave_one_out, temporal_split, train_item_counts
+from crbr.data.dataset import SequenceDataset, leave_k_out, leave_one_out, make_split, temporal_split, train_item_counts
 
 
 def toy(lengths=(3, 5, 1), with_ts=True):
@@ -31,6 +31,26 @@ def test_leave_one_out_targets_and_short_users():
     assert sp.test.hist_len.tolist() == [2, 4] and sp.valid.hist_len.tolist() == [1, 3]
     assert sp.info["not_evaluated_short_users"] == 1
     assert train_item_counts(ds, sp).tolist() == [0, 1, 0, 0, 1, 1, 1, 0, 0, 1]
+
+
+def test_leave_k_out_targets_histories_and_short_users():
+    ds = toy((7, 4, 9))  # items: u0 = 1..7, u1 = 8 9 1 2, u2 = 3..9 1 2
+    sp = leave_k_out(ds, k=2)
+    assert sp.name == "leave_2_out" and sp.info["not_evaluated_short_users"] == 1  # u1: 4 < 1 + 2 * 2
+    assert sp.train_len.tolist() == [3, 4, 5]
+    assert sp.test.users.tolist() == [0, 2] and sp.valid.users.tolist() == [0, 2]
+    assert [sp.test.targets(i).tolist() for i in range(2)] == [[6, 7], [1, 2]]
+    assert [sp.valid.targets(i).tolist() for i in range(2)] == [[4, 5], [8, 9]]
+    assert sp.test.hist_len.tolist() == [5, 7] and sp.valid.hist_len.tolist() == [3, 5]
+    # k = 1 is leave-one-out, field by field
+    a, b = leave_k_out(ds, k=1), leave_one_out(ds)
+    assert a.name == b.name and a.info == b.info and np.array_equal(a.train_len, b.train_len)
+    for x, y in ((a.valid, b.valid), (a.test, b.test)):
+        for f in ("users", "hist_len", "target_offsets", "target_items"):
+            assert np.array_equal(getattr(x, f), getattr(y, f)), f
+    assert make_split(ds, "leave_k_out", k=3).test.targets(0).tolist() == [5, 6, 7]
+    with pytest.raises(ValueError, match="k must be"):
+        leave_k_out(ds, k=0)
 
 
 def test_temporal_split_uses_global_cuts():

@@ -139,3 +139,27 @@ def test_diagnostics_report_gate_and_usage():
     assert d["w_vis"] + d["w_sem"] == pytest.approx(1.0)
     assert d["target_w_vis"] + d["target_w_sem"] == pytest.approx(1.0)
     assert d["aux_ratio"] > 0 and list(d["bucket_w"]) == [0]
+
+
+def test_noise_inputs_carry_no_item_information():
+    m = make(expert_inputs="noise")
+    b = batch()
+    items = b["items"]
+    torch.manual_seed(5)
+    x1 = m.expert_inputs("vis", items)
+    x2 = m.expert_inputs("vis", items)
+    assert x1.shape == (*items.shape, 5)
+    real = items > 0
+    # unit rows at real positions, zeros at padding, fresh on every call
+    assert torch.allclose(x1[real].norm(dim=-1), torch.ones(int(real.sum())))
+    assert float(x1[~real].abs().sum()) == 0.0
+    assert not torch.allclose(x1, x2)
+    # the same item at two positions gets unrelated vectors (features would repeat its row)
+    rep = torch.tensor([[7, 7, 7]])
+    x = m.expert_inputs("sem", rep)[0]  # (3, 7)
+    assert (x @ x.T - torch.eye(3)).abs().max() < 0.999
+    torch.manual_seed(5)  # seeded: reproducible
+    assert torch.equal(m.expert_inputs("vis", items), x1)
+    assert torch.equal(make().expert_inputs("sem", items), make().sem_feats[items])
+    with pytest.raises(ValueError, match="expert_inputs"):
+        ResidualMixtureConfig(expert_inputs="random")

@@ -46,8 +46,7 @@ def _data_and_split(cfg):
     from ..data.prepare import prepare
 
     ds = prepare(cfg.data)
-    kw = {"valid_frac": cfg.split.valid_frac, "test_frac": cfg.split.test_frac} if cfg.split.name == "temporal" else {}
-    return ds, make_split(ds, cfg.split.name, **kw)
+    return ds, make_split(ds, cfg.split.name, **cfg.split.kwargs())
 
 
 # ----------------------------------------------------------------------------- commands

@@ -1,7 +1,8 @@
 """Events, datasets and splits: loaders for real logs, preprocessing + cache, the synthetic world."""
 
 from .batching import TrainUsers, eval_batches, history_batch, train_batch
-from .dataset import EvalSet, SequenceDataset, Split, leave_one_out, make_split, temporal_split, train_item_counts
+from .dataset import (EvalSet, SequenceDataset, Split, leave_k_out, leave_one_out, make_split, temporal_split,
+                      train_item_counts)
 from .loaders import (
     ColumnMap,
     ItemColumnMap,
@@ -22,7 +23,7 @@ __all__ = [
     "ColumnMap", "DataConfig", "DEFAULT_ACTIONS", "EvalSet", "ItemColumnMap", "KNOWN_DATASETS",
     "PreprocessConfig", "RatingThresholds", "RawEvents", "SequenceDataset", "Split", "SyntheticConfig",
     "SyntheticWorld", "TrainUsers", "build_dataset", "eval_batches", "generate", "history_batch",
-    "leave_one_out", "load_item_metadata", "load_movielens", "load_movielens_100k", "load_pairs",
+    "leave_k_out", "leave_one_out", "load_item_metadata", "load_movielens", "load_movielens_100k", "load_pairs",
     "load_sequences", "load_table", "load_taobao", "make_split", "prepare", "temporal_split",
     "train_batch", "train_item_counts",
 ]

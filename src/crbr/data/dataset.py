@@ -275,6 +275,38 @@ def leave_one_out(ds: SequenceDataset, min_train: int = 1) -> Split:
     return Split("leave_one_out", train_len, valid, test, {"not_evaluated_short_users": int((~ok).sum())})
 
 
+def leave_k_out(ds: SequenceDataset, k: int, min_train: int = 1) -> Split:
+    """Each user's last k events = test targets, the k before them = validation targets, the
+    rest = training (k = 1 is leave_one_out).
+
+    The multi-target protocol of multi-interest retrieval (ComiRec, MIND): a user's next k
+    items often come from several interests, so Recall@K rewards covering them; metrics count
+    each user's distinct targets. Test users see everything before their last k events
+    (validation targets included), validation users everything before the 2k. Users with fewer
+    than `min_train + 2k` events are kept for training (all their events) but not evaluated.
+    """
+    if k < 1:
+        raise ValueError(f"leave_k_out: k must be >= 1, got {k}")
+    lens = ds.lengths().astype(np.int64)
+    ok = lens >= min_train + 2 * k
+    users = np.nonzero(ok)[0]
+    train_len = np.where(ok, lens - 2 * k, lens)
+    starts = ds.offsets[:-1][ok]
+
+    def block(hist_len: np.ndarray) -> EvalSet:
+        rows = (starts + hist_len)[:, None] + np.arange(k)  # (U, k) the k events after the history
+        return EvalSet(
+            users=users,
+            hist_len=hist_len,
+            target_offsets=np.arange(len(users) + 1, dtype=np.int64) * k,
+            target_items=np.asarray(ds.items[rows.reshape(-1)], dtype=np.int32),
+        )
+
+    name = "leave_one_out" if k == 1 else f"leave_{k}_out"
+    return Split(name, train_len, block(lens[ok] - 2 * k), block(lens[ok] - k),
+                 {"not_evaluated_short_users": int((~ok).sum())})
+
+
 def temporal_split(ds: SequenceDataset, valid_frac: float = 0.1, test_frac: float = 0.1) -> Split:
     """Global temporal split: two cut times at the (1 - valid - test) and (1 - test) quantiles.
 
@@ -320,9 +352,11 @@ def temporal_split(ds: SequenceDataset, valid_frac: float = 0.1, test_frac: floa
 def make_split(ds: SequenceDataset, name: str, **kw) -> Split:
     if name in ("leave_one_out", "loo"):
         return leave_one_out(ds, **kw)
+    if name == "leave_k_out":
+        return leave_k_out(ds, **kw)
     if name == "temporal":
         return temporal_split(ds, **kw)
-    raise ValueError(f"unknown split {name!r}: expected 'leave_one_out' or 'temporal'")
+    raise ValueError(f"unknown split {name!r}: expected 'leave_one_out', 'leave_k_out' or 'temporal'")
 
 
 def train_item_counts(ds: SequenceDataset, split: Split) -> np.ndarray:

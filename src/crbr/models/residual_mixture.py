@@ -50,6 +50,7 @@ from .losses import full_softmax_ce
 from .sasrec import CausalBlock, SASRec, SASRecConfig
 
 MIXTURES = ("residual", "competitive")
+EXPERT_INPUTS = ("features", "noise")
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ResidualMixtureConfig(SASRecConfig):
     sem_features: str = "text"
     vis_dim: int = 0  # derived: width of the vis_features matrix
     sem_dim: int = 0  # derived: width of the sem_features matrix
+    expert_inputs: str = "features"  # "features" | "noise": fresh Gaussian inputs every forward pass (control)
     expert_layers: int = 1  # causal attention blocks per expert
     expert_heads: int = 1
     gating_init: float = 0.1  # initial g (residual only)
@@ -78,6 +80,9 @@ class ResidualMixtureConfig(SASRecConfig):
         super().__post_init__()
         if self.mixture not in MIXTURES:
             raise ValueError(f"ResidualMixtureConfig.mixture: expected one of {MIXTURES}, got {self.mixture!r}")
+        if self.expert_inputs not in EXPERT_INPUTS:
+            raise ValueError(f"ResidualMixtureConfig.expert_inputs: expected one of {EXPERT_INPUTS}, "
+                             f"got {self.expert_inputs!r}")
         if self.hidden % self.expert_heads:
             raise ValueError(f"ResidualMixtureConfig: hidden {self.hidden} not divisible by expert_heads {self.expert_heads}")
 
@@ -250,12 +255,25 @@ class ResidualMixture(Recommender):
         E = self.backbone.item_emb.weight
         return self.router(E.detach() if self.config.router_stop_grad else E)
 
+    def expert_inputs(self, name: str, items: torch.Tensor) -> torch.Tensor:
+        """(B, L, F) the history's vectors for expert `name` ("vis" | "sem").
+
+        expert_inputs="noise" replaces them by fresh L2-normalized Gaussian rows on every forward
+        pass (training and scoring): unlike fixed random features, which identify items, these
+        carry no information at all: the control for "the experts are useless".
+        """
+        table = getattr(self, f"{name}_feats")  # (I, F)
+        if self.config.expert_inputs == "noise":
+            z = torch.randn(*items.shape, table.shape[1], device=items.device, dtype=table.dtype)
+            return F.normalize(z, dim=-1) * (items > 0).unsqueeze(-1)
+        return table[items]
+
     def encode(self, batch: dict[str, torch.Tensor]) -> MixtureOutput:
         items = batch["items"]  # (B, L)
         mask = causal_mask(items)
         seq = self.backbone.encode(batch)  # (B, L, D)
-        vis = self.vis_expert(self.vis_feats[items], items, mask)
-        sem = self.sem_expert(self.sem_feats[items], items, mask)
+        vis = self.vis_expert(self.expert_inputs("vis", items), items, mask)
+        sem = self.sem_expert(self.expert_inputs("sem", items), items, mask)
         if self.config.mixture == "residual":
             g = self.gate_value().to(seq.dtype)
             user = torch.cat([self.seq_ln(seq), g * self.vis_expert.out_ln(vis), g * self.sem_expert.out_ln(sem)], -1)
@@ -354,4 +372,4 @@ class ResidualMixture(Recommender):
 
 
 __all__ = ["ResidualMixture", "ResidualMixtureConfig", "ItemCentricRouter", "FeatureExpert", "MixtureOutput",
-           "fuse_residual", "fuse_competitive", "balance_loss", "MIXTURES"]
+           "fuse_residual", "fuse_competitive", "balance_loss", "MIXTURES", "EXPERT_INPUTS"]
