@@ -433,8 +433,9 @@ def main() -> int:
     L = []
     L.append("## SASRec: crbr vs RecBole 1.2.1 on MovieLens-100K, side by side (one run, same machine)\n")
     L.append(f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(t_launch))}, produced by "
-             f"`benchmarks/recbole_side_by_side.py --minutes {args.minutes:g}`"
-             f"{' --crbr-epochs %d' % args.crbr_epochs if args.crbr_epochs else ''}.\n")
+             f"`benchmarks/recbole_side_by_side.py --minutes {args.minutes:g}"
+             f"{' --crbr-epochs %d' % args.crbr_epochs if args.crbr_epochs else ''}"
+             f"{''.join(' --crbr-set ' + o for o in args.crbr_set)}`.\n")
     L.append(f"- **Dataset**: MovieLens-100K `u.data`, all 100,000 ratings as interactions (no rating filter, no "
              f"k-core), 943 users, {crsplit['n_items']} items. RecBole reads its bundled copy "
              f"`recbole/dataset_example/ml-100k/ml-100k.inter` (for the dataset name `ml-100k` RecBole 1.2.1 ignores "
