@@ -207,6 +207,65 @@ def test_multi_path_training_loss_is_the_mixture_bound(trained):
         m.eval()
 
 
+def test_multi_target_mixture_terms_equal_a_pair_by_pair_reference():
+    """train_future = k: each (user, positive) pair gives -log sum_p w_p p(j | path p) under the
+    logQ-corrected candidate softmax without the user's other positives; Align is weighted by
+    each path's responsibility for the pair."""
+    m = tiny(sizes=(3, 4))
+    m.config.n_negatives, m.config.nce_temperature = 5, 0.5
+    m.item_logq.copy_(torch.log_softmax(torch.randn(31), 0))
+    U, P, D = 3, 2, 8
+    g = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(U * P, D, generator=g), dim=-1)
+    states = [torch.randn(U * P, D, generator=g) for _ in range(2)]
+    log_w = torch.log_softmax(torch.randn(U, P, generator=g), 1)
+    pos = torch.tensor([[4, 9, 0], [7, 0, 0], [9, 2, 11]])  # item 9 is a positive of two users
+    torch.manual_seed(7)
+    l_nce, l_align = m.mixture_terms(q, states, log_w, pos)
+    torch.manual_seed(7)  # the same random negatives
+    pairs = [(u, int(j)) for u in range(U) for j in pos[u] if j > 0]
+    from crbr.models.losses import batch_candidates
+
+    cand = batch_candidates(torch.tensor([j for _, j in pairs]), 5, 30)
+    V = m.item_vectors()
+    n_in = len(pairs)
+    qprob = (n_in * m.item_logq[cand].double().exp() + (len(cand) - n_in) / 30) / len(cand)
+    nll, align = [], []
+    for a, (u, j) in enumerate(pairs):
+        mine = {int(x) for x in pos[u] if x > 0}
+        keepc = [b for b in range(len(cand)) if b == a or int(cand[b]) not in mine]
+        joint = []
+        for p in range(P):
+            z = (q[u * P + p] @ V[cand].T).double() / 0.5 - qprob.log()
+            joint.append(float(log_w[u, p]) + float(z[a] - torch.logsumexp(z[keepc], 0)))
+        joint = torch.tensor(joint, dtype=torch.float64)
+        nll.append(-torch.logsumexp(joint, 0))
+        r = torch.softmax(joint, 0)
+        align.append(sum(float(r[p]) * float(((v[u * P + p] - V[j]) ** 2).sum()) for v in states for p in range(P)) / 2)
+    assert float(l_nce) == pytest.approx(float(torch.stack(nll).mean()), rel=1e-5)
+    assert float(l_align) == pytest.approx(sum(align) / len(align), rel=1e-5)
+
+
+def test_multi_target_training_runs_and_reaches_every_block(trained):
+    ds, split, models, _ = trained
+    m = models[0.1]
+    users = np.arange(16)
+    b = train_batch(ds, users, split.train_len[users], 64)
+    m.train()
+    try:
+        m.config.train_paths, m.config.path_sampling, m.config.train_future = 3, "beam", 4
+        out = m.loss(b)
+        assert torch.isfinite(out.loss) and out.logs["nce"] > 0
+        out.loss.backward()
+        assert all(blk.codebook.grad is not None and blk.codebook.grad.abs().sum() > 0 for blk in m.blocks)
+        m.zero_grad()
+    finally:
+        m.config.train_paths, m.config.path_sampling, m.config.train_future = 1, "gumbel", 1
+        m.eval()
+    with pytest.raises(ValueError, match="train_future"):
+        CRBRConfig(train_future=0)
+
+
 def test_checkpoint_is_self_contained(trained, tmp_path):
     ds, split, models, d = trained
     m = models[0.1]

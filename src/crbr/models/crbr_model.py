@@ -60,6 +60,7 @@ class CRBRConfig:
     gumbel_hard: bool = False  # ablation: straight-through (hard one-hot forward, soft gradient) instead of the soft residual
     train_paths: int = 1  # P paths per user in training; P > 1 trains the path mixture (see `loss`)
     path_sampling: str = "gumbel"  # P > 1: "gumbel" = P independent Gumbel-softmax paths; "beam" = Gumbel-perturbed beam of P hard paths
+    train_future: int = 1  # positives per training cut: the next k events (k > 1: multi-target mixture, see `loss`)
     merge_quota: int = 0  # at most this many items per path at the top of the merged ranking (0 = plain max over paths)
     alpha: float = 0.1  # L_Align weight
     beta: float = 0.1  # L_Balance weight
@@ -72,8 +73,9 @@ class CRBRConfig:
     def __post_init__(self) -> None:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
             raise ValueError(f"CRBRConfig.codebook_sizes must be a non-empty list of sizes >= 1, got {self.codebook_sizes}")
-        if self.train_paths < 1 or self.merge_quota < 0:
-            raise ValueError(f"CRBRConfig: train_paths must be >= 1 and merge_quota >= 0, got {self.train_paths}, {self.merge_quota}")
+        if self.train_paths < 1 or self.merge_quota < 0 or self.train_future < 1:
+            raise ValueError(f"CRBRConfig: train_paths and train_future must be >= 1 and merge_quota >= 0, got "
+                             f"{self.train_paths}, {self.train_future}, {self.merge_quota}")
         if self.branching not in ("global", "first"):
             raise ValueError(f"CRBRConfig.branching: expected 'global' or 'first', got {self.branching!r}")
         if self.path_sampling not in ("gumbel", "beam"):
@@ -204,11 +206,15 @@ class CRBR(Recommender):
         c = self.config
         batch, _ = self.base.tower.window(batch)
         items = batch["items"]
+        N = items.shape[1]
         cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)
-        visible = (items > 0) & (torch.arange(items.shape[1], device=items.device)[None, :] <= cut[:, None])
+        visible = (items > 0) & (torch.arange(N, device=items.device)[None, :] <= cut[:, None])
         keep = pos > 0
+        if c.train_future > 1:  # the next k events after the cut: targets[c], targets[c + 1], ...
+            j = cut[:, None] + torch.arange(c.train_future, device=items.device)[None, :]  # (B, k)
+            pos = torch.where(j < N, batch["targets"].gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
         ctx = self.context(batch, visible)[keep]
-        pos = pos[keep]
+        pos = pos[keep].reshape(int(keep.sum()), -1)  # (U, k), 0 = none
         tau = self.tau()
         U, P = ctx.shape[0], c.train_paths
         if c.path_sampling == "beam" and P > 1:
@@ -220,27 +226,52 @@ class CRBR(Recommender):
         else:
             q, states, pis = self.soft_path(ctx.repeat_interleave(P, 0), tau, hard=c.gumbel_hard)  # (U*P, D)
             log_w = torch.full((U, P), -math.log(P), device=ctx.device)
-        V = self.item_vectors()
-        cand = batch_candidates(pos, c.n_negatives, c.n_items)
-        logits = (q @ V[cand].T) / c.nce_temperature  # (U*P, C)
-        logp = mixed_negative_logp(logits, cand, self.item_logq if c.logq_correction else None, c.n_items,
-                                   rows_per_positive=P).view(U, P)
-        # P = 1: plain InfoNCE. P > 1: -log sum_p w_p p(i+ | path p), the mixture likelihood
-        # p(i+ | u) = E_{path ~ routing} p(i+ | path) estimated on P paths; each path is credited by
-        # its posterior responsibility for the positive, so paths can specialize on different
-        # interests instead of all moving toward every target.
-        joint = log_w + logp
-        l_nce = -torch.logsumexp(joint, 1).mean()
-        resp = torch.softmax(joint.detach(), 1).reshape(-1, 1)  # (U*P, 1) responsibilities (1 when P = 1)
-        target = V[pos].repeat_interleave(P, 0)  # (U*P, D) i+
-        used = states if c.align == "all" else states[-1:]
-        l_align = torch.stack([(resp * (v - target) ** 2).sum(-1).view(U, P).sum(1).mean() for v in used]).mean()
+        l_nce, l_align = self.mixture_terms(q, states, log_w, pos)
         l_bal = torch.stack([(p.mean(0) * torch.log(p.mean(0).clamp(min=1e-12))).sum() for p in pis]).sum()
         loss = l_nce + c.alpha * l_align + c.beta * l_bal
         if self.training:
             self.step += 1
         return LossOutput(loss, {"loss": float(loss.detach()), "nce": float(l_nce.detach()),
                                  "align": float(l_align.detach()), "balance": float(l_bal.detach()), "tau": tau})
+
+    def mixture_terms(self, q: torch.Tensor, states: list[torch.Tensor], log_w: torch.Tensor,
+                      pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_NCE and L_Align of U users with P paths each and up to k positives per user.
+
+        q: (U*P, D) path queries (user-major); states: the v(l), each (U*P, D); log_w: (U, P) path
+        weights; pos: (U, k) positive item ids (0 = none).
+
+        Each (user, positive) pair j contributes -log sum_p w_p p(j | path p), the mixture
+        likelihood of the positive, with p(j | path p) the logQ-corrected softmax over in-batch +
+        sampled candidates in which the user's other positives are left out. P = 1, k = 1 is the
+        seed's plain InfoNCE. With k > 1 one set of paths must explain positives from several
+        interests, which rewards paths that cover different ones; each path is credited by its
+        posterior responsibility for the pair, in L_NCE's gradient and as the weight of
+        ||v(l) - i+||^2 in L_Align.
+        """
+        c = self.config
+        U, P = log_w.shape
+        user, slot = (pos > 0).nonzero(as_tuple=True)  # (J,) pairs
+        pj = pos[user, slot]  # (J,)
+        J = pj.shape[0]
+        V = self.item_vectors()
+        cand = batch_candidates(pj, c.n_negatives, c.n_items)  # (C,), the first J are the positives
+        rows = (user[:, None] * P + torch.arange(P, device=q.device)[None, :]).reshape(-1)  # (J*P,) pair-major
+        logits = (q @ V[cand].T)[rows] / c.nce_temperature  # (J*P, C)
+        others = None
+        if pos.shape[1] > 1:
+            mine = pos[user]  # (J, k) the pair's user's positives
+            others = ((mine[:, :, None] == cand[None, None, :]) & (mine[:, :, None] > 0)).any(1)  # (J, C)
+            others = others.repeat_interleave(P, 0)
+        logp = mixed_negative_logp(logits, cand, self.item_logq if c.logq_correction else None, c.n_items,
+                                   rows_per_positive=P, extra_hits=others).view(J, P)
+        joint = log_w[user] + logp  # (J, P)
+        l_nce = -torch.logsumexp(joint, 1).mean()
+        resp = torch.softmax(joint.detach(), 1).reshape(-1, 1)  # (J*P, 1) responsibilities (1 when P = 1)
+        target = V[pj].repeat_interleave(P, 0)  # (J*P, D) i+
+        used = states if c.align == "all" else states[-1:]
+        l_align = torch.stack([(resp * (v[rows] - target) ** 2).sum(-1).view(J, P).sum(1).mean() for v in used]).mean()
+        return l_nce, l_align
 
     # ------------------------------------------------------------------ inference mode
     def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False):
