@@ -179,13 +179,14 @@ def tie_analysis(a: np.ndarray) -> dict:
     return res
 
 
-def crbr_split_tokens() -> dict:
-    """crbr's leave-one-out split in original ids: valid/test targets, test history window."""
+def crbr_split_tokens(overrides: list[str] | None = None) -> dict:
+    """crbr's leave-one-out split in original ids: valid/test targets, test history window;
+    `overrides` (the run's --crbr-set) can change the training windows counted below."""
     from crbr.config import load_config
     from crbr.data.dataset import make_split
     from crbr.data.prepare import prepare
 
-    cfg = load_config(CRBR_CONFIG)
+    cfg = load_config(CRBR_CONFIG, overrides or [])
     ds = prepare(cfg.data)
     sp = make_split(ds, "leave_one_out")
     out = {}
@@ -318,7 +319,7 @@ def main() -> int:
 
     udata = read_udata(SHARED_DATA / "ml-100k" / "u.data")
     ties = tie_analysis(udata)
-    crsplit = crbr_split_tokens()
+    crsplit = crbr_split_tokens(args.crbr_set)
 
     # ---- configs and commands
     rb_extra = work / "recbole_extra.yaml"
