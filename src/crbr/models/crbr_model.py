@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, logq_from_counts, mixed_negative_logp
-from .qformer import choose_cut
+from .losses import batch_candidates, logq_from_counts, mixed_negative_logp, other_positives
+from .qformer import choose_cut, future_targets
 from .two_tower import TwoTower, TwoTowerConfig
 
 
@@ -206,13 +206,11 @@ class CRBR(Recommender):
         c = self.config
         batch, _ = self.base.tower.window(batch)
         items = batch["items"]
-        N = items.shape[1]
         cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)
-        visible = (items > 0) & (torch.arange(N, device=items.device)[None, :] <= cut[:, None])
+        visible = (items > 0) & (torch.arange(items.shape[1], device=items.device)[None, :] <= cut[:, None])
         keep = pos > 0
-        if c.train_future > 1:  # the next k events after the cut: targets[c], targets[c + 1], ...
-            j = cut[:, None] + torch.arange(c.train_future, device=items.device)[None, :]  # (B, k)
-            pos = torch.where(j < N, batch["targets"].gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
+        if c.train_future > 1:
+            pos = future_targets(batch["targets"], cut, c.train_future)  # (B, k)
         ctx = self.context(batch, visible)[keep]
         pos = pos[keep].reshape(int(keep.sum()), -1)  # (U, k), 0 = none
         tau = self.tau()
@@ -258,11 +256,7 @@ class CRBR(Recommender):
         cand = batch_candidates(pj, c.n_negatives, c.n_items)  # (C,), the first J are the positives
         rows = (user[:, None] * P + torch.arange(P, device=q.device)[None, :]).reshape(-1)  # (J*P,) pair-major
         logits = (q @ V[cand].T)[rows] / c.nce_temperature  # (J*P, C)
-        others = None
-        if pos.shape[1] > 1:
-            mine = pos[user]  # (J, k) the pair's user's positives
-            others = ((mine[:, :, None] == cand[None, None, :]) & (mine[:, :, None] > 0)).any(1)  # (J, C)
-            others = others.repeat_interleave(P, 0)
+        others = other_positives(pos[user], cand).repeat_interleave(P, 0) if pos.shape[1] > 1 else None  # (J*P, C)
         logp = mixed_negative_logp(logits, cand, self.item_logq if c.logq_correction else None, c.n_items,
                                    rows_per_positive=P, extra_hits=others).view(J, P)
         joint = log_w[user] + logp  # (J, P)

@@ -113,6 +113,12 @@ def mixed_negative_logp(logits: torch.Tensor, cand: torch.Tensor, item_logq: tor
     return logits.gather(1, col[:, None])[:, 0] - torch.logsumexp(logits, 1)
 
 
+def other_positives(mine: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """(R, C) bool: candidate c is one of row r's positives `mine` (R, k) (0 = none); the
+    `extra_hits` of `mixed_negative_logp` when a row has several positives."""
+    return ((mine[:, :, None] == cand[None, None, :]) & (mine[:, :, None] > 0)).any(1)
+
+
 def logq_from_counts(item_counts) -> torch.Tensor:
     """(I,) log of each item's share of the training events (the in-batch sampling probability
     for logQ correction). Items never seen count once so the log stays finite; row 0 (padding)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_logp
+from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_logp, other_positives
 
 
 @dataclass
@@ -130,6 +130,14 @@ def choose_cut(targets: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch
         u = torch.rand(B, device=targets.device)
         c = N - 1 - (u * n_real.clamp(min=1)).long().clamp(max=N - 1)
     return c, targets.gather(1, c[:, None]).squeeze(1)
+
+
+def future_targets(targets: torch.Tensor, cut: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) the next k events after each row's cut: targets[b, c_b], targets[b, c_b + 1], ...
+    (0 past the window's end or where the window has no target)."""
+    N = targets.shape[1]
+    j = cut[:, None] + torch.arange(k, device=targets.device)[None, :]  # (B, k)
+    return torch.where(j < N, targets.gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
 
 
 class MHA(nn.Module):
@@ -398,9 +406,8 @@ class QFormer(Recommender):
             enc_visible = visible
         tokens = self.encoder(self._history(batch, visible), enc_visible).tokens  # (B, M, D)
         if c.itc_weight > 0:
-            if c.itc_future > 1:  # the next k events after the cut: targets[c], targets[c + 1], ...
-                j = cut[:, None] + torch.arange(c.itc_future, device=items.device)[None, :]  # (B, k)
-                pos = torch.where(j < N, batch["targets"].gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
+            if c.itc_future > 1:
+                pos = future_targets(batch["targets"], cut, c.itc_future)
             la = self._itc(tokens, pos)
             total = total + c.itc_weight * la
             logs["itc"] = float(la.detach())
@@ -429,10 +436,7 @@ class QFormer(Recommender):
         used, inv = row.unique(return_inverse=True)
         sim = torch.einsum("bmd,cd->bmc", z[used], V).amax(1)  # (B', C) max over tokens, once per row
         logits = sim.float()[inv] * self.logit_scale.exp().clamp(max=100.0)  # (P, C)
-        others = None
-        if pos2.shape[1] > 1:
-            mine = pos2[row]  # (P, k) the row's positives
-            others = ((mine[:, :, None] == cand[None, None, :]) & (mine[:, :, None] > 0)).any(1)  # (P, C)
+        others = other_positives(pos2[row], cand) if pos2.shape[1] > 1 else None  # (P, C)
         logq = self.item_logq if c.logq_correction else None
         return -mixed_negative_logp(logits, cand, logq, c.n_items, extra_hits=others).mean()
 
