@@ -131,7 +131,7 @@ def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
         straddle = torch.zeros(B, dtype=torch.bool, device=scores.device)
     kth = vals[:, -1:]  # (B, 1)
     for b in torch.nonzero(straddle).flatten().tolist():
-        v = kth[b, 0]
+        v = kth[b, 0].item()  # a Python float: kth is a view of vals, which the next lines write
         n_gt = int((vals[b] > v).sum())
         tied = torch.nonzero(scores[b] == v).flatten()[: k - n_gt]  # ascending ids
         idx[b, n_gt:] = tied
