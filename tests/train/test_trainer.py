@@ -86,6 +86,26 @@ def test_resume_continues_exactly(world, tmp_path):
     assert [r.split(",")[0] for r in hist[1:]] == ["1", "2", "3", "4"]
 
 
+def test_a_non_finite_loss_stops_training_and_names_the_epoch(world, tmp_path):
+    """The loss is read back from the device in batches of steps; a NaN among them still stops the
+    run with the epoch named, before any checkpoint of the broken weights is written."""
+    c = cfg(tmp_path, epochs=2)
+    ds = world.dataset
+    model = build_model(c.model_name, c.model_params, ds)
+    orig, calls = model.forward, [0]
+
+    def forward(batch):
+        loss, logs = orig(batch)
+        calls[0] += 1
+        return (loss * float("nan") if calls[0] == 3 else loss), logs
+
+    model.forward = forward
+    tr = Trainer(model, ds, leave_one_out(ds), c, max_len=model.config.max_len)
+    with pytest.raises(FloatingPointError, match="epoch 1: loss is nan"):
+        tr.fit()
+    assert calls[0] == 3 and not (tmp_path / "checkpoints").exists()
+
+
 def test_early_stopping_stops_on_patience(world, tmp_path):
     _, res = fit(world, cfg(tmp_path, epochs=30, lr=0.0, patience=2))
     assert res.epochs_run == 3  # epoch 1 sets the best, two more without improvement

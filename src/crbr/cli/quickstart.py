@@ -158,6 +158,8 @@ def show_beams(model, ds, split, world, interests, out: Path, n_users: int = 3, 
     es = split.test
     users = [i for i, u in enumerate(es.users) if len(interests[u]) >= 3][:n_users]
     batch = history_batch(ds, es.users[users], es.hist_len[users], model.config.max_len)
+    dev = next(model.parameters()).device  # the trainer moved the model (to the GPU, say)
+    batch = {k: v.to(dev) for k, v in batch.items()}
     with torch.no_grad():
         r = model.retrieve(batch, k=50, index=index, per_path_k=50)
     names = ds.category_names

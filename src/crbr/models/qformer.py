@@ -380,7 +380,7 @@ class QFormer(Recommender):
             return torch.zeros(B, 0, dtype=torch.long, device=visible.device), torch.zeros(B, 0, dtype=torch.bool, device=visible.device)
         newest = N - 1 - visible.flip(1).long().argmax(1)  # index of the newest visible event
         cand = visible.clone()
-        cand[torch.arange(B), newest] = False
+        cand[torch.arange(B, device=visible.device), newest] = False
         r = torch.rand(B, N, device=visible.device).masked_fill(~cand, 2.0)
         idx = r.topk(K, dim=1, largest=False).indices  # (B, K) random candidate slots first
         ok = torch.arange(K, device=visible.device)[None, :] < n_mask[:, None]

@@ -157,12 +157,20 @@ class Trainer:
         self.model.train()
         return res
 
+    @staticmethod
+    def _checked_loss(loss_acc: torch.Tensor, epoch: int) -> float:
+        """The epoch's summed loss so far, read back to the host; raises if it is not finite."""
+        v = float(loss_acc)
+        if not math.isfinite(v):
+            raise FloatingPointError(f"epoch {epoch}: loss is {v} (lower train.lr or enable train.grad_clip)")
+        return v
+
     def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
         if self.tc.length_bucketing:
             bs = LengthBucketBatches(users.window_lengths(), self.tc.batch_size, self.tc.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
             bs.set_epoch(epoch)
-            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate)
+            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate, pin_memory=self.device.type == "cuda")
         if self.dist.world_size > 1:
             sampler = DistributedSampler(users, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                          shuffle=True, seed=self.tc.seed, drop_last=False)
@@ -170,7 +178,8 @@ class Trainer:
         else:
             g = torch.Generator().manual_seed(self.tc.seed * 100_003 + epoch)
             sampler = RandomSampler(users, generator=g)
-        return DataLoader(users, batch_size=self.tc.batch_size, sampler=sampler, collate_fn=users.collate)
+        return DataLoader(users, batch_size=self.tc.batch_size, sampler=sampler, collate_fn=users.collate,
+                          pin_memory=self.device.type == "cuda")
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
@@ -193,6 +202,8 @@ class Trainer:
             bad_lr = int(st.get("bad_lr", bad))
             history, elapsed0 = json.loads(st["history"]), st["elapsed"]
             torch.set_rng_state(st["torch_rng"])
+            if self.device.type == "cuda" and "cuda_rng" in st:  # dropout, sampled negatives and noise on the GPU
+                torch.cuda.set_rng_state(st["cuda_rng"], self.device)
             np.random.set_state(_np_state_from(st["numpy_rng"]))
             if self.is_main:
                 log.info("resumed from %s at epoch %d (best %s=%.5f at epoch %d)", ckpt_dir / "last.pt",
@@ -215,7 +226,9 @@ class Trainer:
         self.model.train()
         for epoch in range(start_epoch, tc.epochs + 1):
             t0 = time.perf_counter()
-            loss_sum, n_steps = 0.0, 0
+            # the loss is summed on the device and read back every `sync_every` steps (every step on
+            # the CPU, where reading it costs nothing): a per-step read would stall a GPU each step
+            loss_acc, n_steps, loss_sum, sync_every = None, 0, 0.0, (50 if self.device.type == "cuda" else 1)
             loader = self._loader(users, epoch)
             bar = loader
             if self.is_main and tc.progress:
@@ -226,23 +239,25 @@ class Trainer:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self._autocast():
                     loss, logs = net(batch)
-                loss_value = float(loss.detach())  # the step's one host sync
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"epoch {epoch}: loss is {loss_value} (lower train.lr or enable train.grad_clip)")
+                ld = loss.detach().double()
+                loss_acc = ld if loss_acc is None else loss_acc + ld
+                n_steps += 1
+                if n_steps % sync_every == 0:
+                    loss_sum = self._checked_loss(loss_acc, epoch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
                 opt.step()
-                loss_sum += loss_value
-                n_steps += 1
-                if bar is not loader:
+                if bar is not loader and n_steps % sync_every == 0:
                     bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
+            if loss_acc is not None:
+                loss_sum = self._checked_loss(loss_acc, epoch)
             train_s = time.perf_counter() - t0
             train_s_total += train_s
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1), "train_s": train_s}
             if self.dist.world_size > 1:
-                t = torch.tensor([row["train_loss"]], dtype=torch.float64)
+                t = torch.tensor([row["train_loss"]], dtype=torch.float64, device=self.device)  # NCCL needs device tensors
                 dist.all_reduce(t)
                 row["train_loss"] = float(t) / self.dist.world_size
 
@@ -290,6 +305,7 @@ class Trainer:
                     "model": self.model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                     "best": best, "best_epoch": best_epoch, "bad": bad, "bad_lr": bad_lr, "history": json.dumps(history),
                     "elapsed": row["elapsed_s"], "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
                     "numpy_rng": _np_state_to(np.random.get_state()),
                 })
 
@@ -297,7 +313,7 @@ class Trainer:
             if tc.max_minutes > 0 and row["elapsed_s"] > tc.max_minutes * 60:
                 stop = True
             if self.dist.world_size > 1:  # every rank must agree to stop
-                flag = torch.tensor([int(stop)])
+                flag = torch.tensor([int(stop)], device=self.device)
                 dist.broadcast(flag, 0)
                 stop = bool(flag.item())
                 dist.barrier()
