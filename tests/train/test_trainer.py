@@ -15,7 +15,7 @@ from crbr.data.dataset import leave_one_out, train_item_counts
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.eval.evaluator import Evaluator
 from crbr.models import build_model
-from crbr.train.checkpoint import load_model_from_checkpoint, read_metadata
+from crbr.train.checkpoint import load_model_from_checkpoint
 from crbr.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
