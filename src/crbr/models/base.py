@@ -20,10 +20,12 @@ import torch
 
 @dataclass
 class LossOutput:
-    """loss: scalar tensor to minimize; logs: detached scalars for progress bars and logs."""
+    """loss: scalar tensor to minimize; logs: detached scalars for progress bars and logs, as
+    0-d tensors or floats (a tensor is read back only by whoever shows it, so a training step
+    on a GPU never waits for its logs)."""
 
     loss: torch.Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, "float | torch.Tensor"] = field(default_factory=dict)
 
 
 class Recommender(torch.nn.Module, abc.ABC):
@@ -31,7 +33,7 @@ class Recommender(torch.nn.Module, abc.ABC):
 
     config: object
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, "float | torch.Tensor"]]:
         """(loss, logs): lets DistributedDataParallel wrap any model through its forward."""
         out = self.loss(batch)
         return out.loss, out.logs

@@ -229,8 +229,8 @@ class CRBR(Recommender):
         loss = l_nce + c.alpha * l_align + c.beta * l_bal
         if self.training:
             self.step += 1
-        return LossOutput(loss, {"loss": float(loss.detach()), "nce": float(l_nce.detach()),
-                                 "align": float(l_align.detach()), "balance": float(l_bal.detach()), "tau": tau})
+        return LossOutput(loss, {"loss": loss.detach(), "nce": l_nce.detach(), "align": l_align.detach(),
+                                 "balance": l_bal.detach(), "tau": tau})
 
     def mixture_terms(self, q: torch.Tensor, states: list[torch.Tensor], log_w: torch.Tensor,
                       pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

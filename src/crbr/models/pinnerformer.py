@@ -353,7 +353,7 @@ class PinnerFormer(Recommender):
         random = torch.randint(1, c.n_items + 1, (c.n_random_negatives,), device=dev)
         logits = self.sampled_logits(u, pos, in_batch, random)  # (P, 1 + M)
         loss = F.cross_entropy(logits, torch.zeros(P, dtype=torch.long, device=dev))
-        logs = {"loss": float(loss.detach()), "positions": float(P)}
+        logs = {"loss": loss.detach(), "positions": float(P)}
         if self.log_temperature is not None:
-            logs["temperature"] = float(self.temperature().detach())
+            logs["temperature"] = self.temperature().detach()
         return LossOutput(loss, logs)

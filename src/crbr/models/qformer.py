@@ -410,15 +410,15 @@ class QFormer(Recommender):
                 pos = future_targets(batch["targets"], cut, c.itc_future)
             la = self._itc(tokens, pos)
             total = total + c.itc_weight * la
-            logs["itc"] = float(la.detach())
+            logs["itc"] = la.detach()
         if m_idx is not None and m_idx.shape[1] > 0 and bool(m_ok.any()):
             lb = self._recon(tokens, batch, visible, m_idx, m_ok)
             total = total + c.recon_weight * lb
-            logs["recon"] = float(lb.detach())
+            logs["recon"] = lb.detach()
         if not total.requires_grad:  # nothing to learn in this batch (e.g. Task B only, no slot to hide)
             total = total + 0.0 * tokens.sum()
-        logs["loss"] = float(total.detach())
-        logs["tau"] = float(1.0 / self.logit_scale.detach().exp())
+        logs["loss"] = total.detach()
+        logs["tau"] = 1.0 / self.logit_scale.detach().exp()
         return LossOutput(total, logs)
 
     def _itc(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -315,10 +315,9 @@ class ResidualMixture(Recommender):
         usage = w[tgt].float().mean(0)  # (K,) mean routing weight over this batch's targets
         bal = balance_loss(usage)
         loss = ce + c.balance_weight * bal
-        logs = {"loss": float(loss.detach()), "ce": float(ce.detach()), "balance": float(bal.detach()),
-                "positions": float(sel.sum())}
+        logs = {"loss": loss.detach(), "ce": ce.detach(), "balance": bal.detach(), "positions": sel.sum()}
         if self.gate is not None or c.mixture == "residual":
-            logs["gate"] = float(self.gate_value().detach())
+            logs["gate"] = self.gate_value().detach()
         return LossOutput(loss, logs)
 
     # ------------------------------------------------------------------ diagnostics

@@ -154,4 +154,4 @@ class SASRec(Recommender):
             loss = F.binary_cross_entropy_with_logits(
                 torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)])
             )
-        return LossOutput(loss, {"loss": float(loss.detach()), "positions": float(sel.sum())})
+        return LossOutput(loss, {"loss": loss.detach(), "positions": sel.sum()})

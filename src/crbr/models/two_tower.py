@@ -244,7 +244,7 @@ class TwoTower(Recommender):
         cand = batch_candidates(pos, c.n_negatives, c.n_items)
         logits = (u @ self.item_vectors(cand).T) * self.log_inv_tau.exp().clamp(max=100.0)
         loss = mixed_negative_infonce(logits, cand, pos, self.item_logq if c.logq_correction else None, c.n_items)
-        return LossOutput(loss, {"loss": float(loss.detach()), "tau": float(1.0 / self.log_inv_tau.detach().exp())})
+        return LossOutput(loss, {"loss": loss.detach(), "tau": 1.0 / self.log_inv_tau.detach().exp()})
 
 
 __all__ = ["TwoTower", "TwoTowerConfig", "MAB", "SetBlock"]
