@@ -9,7 +9,6 @@ groups during the partial-aggregation warm-up).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..data.batching import TrainUsers
 from ..data.dataset import SequenceDataset, Split
+from ..train.loop import finite_loss
 from .config import FederatedConfig
 from .params import group_keys, load_record, to_record
 from .partition import client_split, partition_users
@@ -116,9 +116,7 @@ def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batc
                             collate_fn=users.collate)
         for batch in loader:
             out = model.loss(batch)
-            v = float(out.loss.detach())
-            if not math.isfinite(v):
-                raise FloatingPointError(f"client loss is {v} (lower train.lr or enable train.grad_clip)")
+            v = finite_loss(out.loss.detach(), "client")
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             if tc.grad_clip > 0:

@@ -86,6 +86,15 @@ def build_evaluator(ds: SequenceDataset, split: Split, which: str, eval_config, 
                      export_k=ec.export_k, split_name=split.name)
 
 
+def finite_loss(loss: "torch.Tensor | float", where: str) -> float:
+    """`loss` (a tensor is read back to the host) as a float; raises, naming `where`, if it is
+    not finite. Shared by this loop and the federated clients' local loop."""
+    v = float(loss)
+    if not math.isfinite(v):
+        raise FloatingPointError(f"{where}: loss is {v} (lower train.lr or enable train.grad_clip)")
+    return v
+
+
 class Trainer:
     """Fit a model on a split: train, validate every `eval_every` epochs, early-stop on
     `monitor`, keep the best weights, test them.
@@ -156,14 +165,6 @@ class Trainer:
             res = ev.evaluate(self._score_fn(), export=export)
         self.model.train()
         return res
-
-    @staticmethod
-    def _checked_loss(loss_acc: torch.Tensor, epoch: int) -> float:
-        """The epoch's summed loss so far, read back to the host; raises if it is not finite."""
-        v = float(loss_acc)
-        if not math.isfinite(v):
-            raise FloatingPointError(f"epoch {epoch}: loss is {v} (lower train.lr or enable train.grad_clip)")
-        return v
 
     def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
         if self.tc.length_bucketing:
@@ -243,7 +244,7 @@ class Trainer:
                 loss_acc = ld if loss_acc is None else loss_acc + ld
                 n_steps += 1
                 if n_steps % sync_every == 0:
-                    loss_sum = self._checked_loss(loss_acc, epoch)
+                    loss_sum = finite_loss(loss_acc, f"epoch {epoch}")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip > 0:
@@ -252,7 +253,7 @@ class Trainer:
                 if bar is not loader and n_steps % sync_every == 0:
                     bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
             if loss_acc is not None:
-                loss_sum = self._checked_loss(loss_acc, epoch)
+                loss_sum = finite_loss(loss_acc, f"epoch {epoch}")
             train_s = time.perf_counter() - t0
             train_s_total += train_s
             row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1), "train_s": train_s}
