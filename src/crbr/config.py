@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     beta2: float = 0.98
     grad_clip: float = 0.0  # max grad norm; 0 = off
+    ema_decay: float = 0.0  # validate, keep and test an exponential moving average of the weights (per-step decay, e.g. 0.99); 0 = off
     patience: int = 10  # early stopping: validations without improvement of `monitor`
     lr_decay: float = 1.0  # multiply the learning rate by this after lr_patience validations without improvement (1 = off)
     lr_patience: int = 5
@@ -66,6 +67,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.windows not in ("last", "all"):
             raise ValueError(f"train.windows: expected 'last' or 'all', got {self.windows!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0.0 < self.lr_decay <= 1.0 or self.lr_patience < 1:
             raise ValueError(f"train.lr_decay must be in (0, 1] and train.lr_patience >= 1, got {self.lr_decay}, {self.lr_patience}")
 

@@ -24,6 +24,37 @@ def test_chunked_ce_equals_reference_value_and_gradients(P, C, D, chunk):
     assert torch.allclose(l_ref, F.cross_entropy(h0 @ W0.T, t))
 
 
+@pytest.mark.parametrize("chunk", [0, 4, 64])
+def test_ce_with_sparse_extra_logits_matches_a_dense_hand_built_reference(chunk):
+    """extra_idx / extra_val add sparse terms to the logits (repeats add up, zero padding is a
+    no-op); value and the gradients of h, W and the extra values equal those of plain
+    cross-entropy on the dense logit matrix built by a loop."""
+    g = torch.Generator().manual_seed(1)
+    P, C, D, S = 13, 9, 4, 5
+    h0 = torch.randn(P, D, generator=g, dtype=torch.float64)
+    W0 = torch.randn(C, D, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (P,), generator=g)
+    idx = torch.randint(0, C, (P, S), generator=g)
+    idx[:, 0] = t  # every row has a term on its own target, some rows repeat a class
+    idx[0, 1] = idx[0, 2]
+    v0 = torch.randn(P, S, generator=g, dtype=torch.float64)
+    v0[:, -1] = 0.0  # padding entries
+    h, W, v = (x.clone().requires_grad_() for x in (h0, W0, v0))
+    loss = full_softmax_ce(h, W, t, chunk=chunk, extra_idx=idx, extra_val=v)
+    loss.backward()
+    hr, Wr, vr = (x.clone().requires_grad_() for x in (h0, W0, v0))
+    dense = hr @ Wr.T
+    # the dense reference: logits + sum of the terms that land on each class, through vr
+    add = torch.stack([torch.stack([(vr[p] * (idx[p] == c)).sum() for c in range(C)]) for p in range(P)])
+    ref = F.cross_entropy(dense + add, t)
+    ref.backward()
+    torch.testing.assert_close(loss.detach(), ref.detach(), atol=1e-10, rtol=0)
+    for a, b in ((h, hr), (W, Wr), (v, vr)):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="both"):
+        full_softmax_ce(h0, W0, t, extra_idx=idx)
+
+
 def test_chunked_ce_under_bf16_autocast_is_close_to_fp32():
     g = torch.Generator().manual_seed(0)
     h = torch.randn(50, 16, generator=g, requires_grad=True)

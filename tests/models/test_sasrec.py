@@ -106,3 +106,59 @@ def test_model_settings_are_coerced_from_yaml_strings():
     assert m.config.ln_eps == 1e-12 and m.config.dropout == 0.3
     with pytest.raises(TypeError, match="hidden"):
         build_model("sasrec", {"hidden": "wide"}, DS())
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_seen_bias_adds_each_window_events_offset_in_scoring_and_to_the_prefix_in_training(loss):
+    """seen_bias: an item gets the offsets of the window events that hold it (by action), in
+    `score` for the whole window and in the loss for the positions up to each row's own."""
+    m = make(max_len=6, seen_bias=True, loss=loss)
+    with torch.no_grad():
+        m.seen_bias.copy_(torch.tensor([0.0, -1.5, 0.7]))
+    items = torch.tensor([[0, 0, 4, 9, 4, 6], [0, 1, 2, 3, 4, 5]])
+    actions = torch.tensor([[0, 0, 1, 2, 2, 1], [0, 1, 1, 1, 1, 2]])
+    targets = torch.tensor([[0, 0, 9, 4, 6, 7], [0, 2, 3, 4, 5, 1]])
+    batch = {"items": items, "actions": actions, "targets": targets}
+    with torch.no_grad():
+        h = m.encode(batch)
+        plain = h[:, -1] @ m.item_emb.weight.T
+        s = m.score(batch)
+        want = plain.clone()
+        want[0, 4] += -1.5 + 0.7  # item 4 twice: actions 1 and 2
+        want[0, 9] += 0.7
+        want[0, 6] += -1.5
+        want[1, 1:5] += -1.5
+        want[1, 5] += 0.7
+        assert torch.allclose(s, want, atol=1e-5)
+        if loss == "ce":
+            logits = h @ m.item_emb.weight.T  # (B, L, I+1)
+            for b in range(2):
+                for t in range(6):
+                    for u in range(t + 1):
+                        if items[b, u] > 0:
+                            logits[b, t, items[b, u]] += m.seen_bias[actions[b, u]]
+            logits[..., 0] = float("-inf")
+            sel = targets > 0
+            assert torch.allclose(m.loss(batch).loss, F.cross_entropy(logits[sel], targets[sel]), atol=1e-5)
+
+
+@pytest.mark.parametrize("repeats", [False, True])
+def test_seen_bias_learns_whether_users_repeat(repeats):
+    """Histories that never repeat an item teach a negative offset; histories whose next item is
+    always one from the window teach a positive one."""
+    torch.manual_seed(0)
+    m = SASRec(SASRecConfig(n_items=30, n_actions=2, max_len=8, hidden=16, n_layers=1, dropout=0.0, seen_bias=True))
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        if repeats:  # cycles of 3 items: a b c a b c ...
+            abc = torch.stack([torch.randperm(30, generator=g)[:3] + 1 for _ in range(32)])
+            seq = abc.repeat(1, 3)[:, :9]
+        else:  # 9 distinct items
+            seq = torch.stack([torch.randperm(30, generator=g)[:9] + 1 for _ in range(32)])
+        batch = {"items": seq[:, :8], "actions": torch.ones(32, 8, dtype=torch.long), "targets": seq[:, 1:]}
+        out = m.loss(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert (m.seen_bias[1].item() > 0.3) if repeats else (m.seen_bias[1].item() < -0.3)

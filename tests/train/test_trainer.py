@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from crbr.config import from_dict, ExperimentConfig
 from crbr.data.dataset import leave_one_out, train_item_counts
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.eval.evaluator import Evaluator
 from crbr.models import build_model
-from crbr.train.checkpoint import load_model_from_checkpoint
+from crbr.train.checkpoint import load_model_from_checkpoint, load_state
 from crbr.train.loop import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,18 +73,59 @@ def test_best_checkpoint_rebuilds_the_model_from_its_metadata(world, tmp_path):
     assert again.metrics == pytest.approx(res.test.metrics)
 
 
-def test_resume_continues_exactly(world, tmp_path):
-    """2 epochs + resume to 4 epochs == 4 epochs straight (same weights, same metrics)."""
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_continues_exactly(world, tmp_path, ema_decay):
+    """2 epochs + resume to 4 epochs == 4 epochs straight (same weights, same metrics), with and
+    without a moving average of the weights."""
     straight_dir, split_dir = tmp_path / "a", tmp_path / "b"
-    tr_a, res_a = fit(world, cfg(straight_dir, epochs=4))
-    fit(world, cfg(split_dir, epochs=2))
-    tr_b, res_b = fit(world, cfg(split_dir, epochs=4), resume=True)
+    tr_a, res_a = fit(world, cfg(straight_dir, epochs=4, ema_decay=ema_decay))
+    fit(world, cfg(split_dir, epochs=2, ema_decay=ema_decay))
+    tr_b, res_b = fit(world, cfg(split_dir, epochs=4, ema_decay=ema_decay), resume=True)
     assert res_b.epochs_run == 4
     for (k, a), (_, b) in zip(tr_a.model.state_dict().items(), tr_b.model.state_dict().items()):
         assert torch.equal(a, b), k
     assert res_b.test.metrics == pytest.approx(res_a.test.metrics)
     hist = (split_dir / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in hist[1:]] == ["1", "2", "3", "4"]
+
+
+def test_ema_weights_are_the_moving_average_and_are_what_is_validated(world, tmp_path):
+    """train.ema_decay: after every optimizer step e <- d e + (1 - d) w (the first step copies w);
+    last.safetensors holds e, the validation row of the epoch scores e, and the raw weights in
+    last.pt stay the optimizer's own."""
+    d, raw = 0.8, []  # raw: the model's weights after each optimizer step
+    c = cfg(tmp_path, epochs=2, ema_decay=d)
+    ds = world.dataset
+    torch.manual_seed(c.train.seed)
+    model = build_model(c.model_name, c.model_params, ds)
+
+    def snapshot(opt, args, kwargs):
+        raw.append({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    handle = register_optimizer_step_post_hook(snapshot)
+    try:
+        tr = Trainer(model, ds, leave_one_out(ds), c, max_len=model.config.max_len)
+        tr.fit()
+    finally:
+        handle.remove()
+    assert len(raw) > 3
+    ema = dict(raw[0])
+    for w in raw[1:]:
+        ema = {k: d * ema[k] + (1 - d) * w[k] for k in ema}
+    kept, _ = load_model_from_checkpoint(tmp_path / "checkpoints" / "last.safetensors")
+    last_raw = load_state(tmp_path / "checkpoints" / "last.pt")["model"]
+    for k, v in kept.named_parameters():
+        torch.testing.assert_close(v.detach(), ema[k], rtol=1e-5, atol=1e-6)
+        assert torch.equal(last_raw[k], raw[-1][k]), k
+    assert any(not torch.allclose(v.detach(), raw[-1][k]) for k, v in kept.named_parameters())
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    col = rows[0].split(",").index("valid_NDCG@10")
+    kept.eval()
+    with torch.no_grad():
+        valid = tr.valid_eval.evaluate(kept.score)
+    assert float(rows[-1].split(",")[col]) == pytest.approx(valid.metrics["NDCG@10"])
+    with pytest.raises(ValueError, match="ema_decay"):
+        cfg(tmp_path, ema_decay=1.0)
 
 
 def test_a_non_finite_loss_stops_training_and_names_the_epoch(world, tmp_path):

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, W: torch.Tensor, t: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, W: torch.Tensor, t: torch.Tensor, chunk: int,
+                idx: torch.Tensor | None = None, val: torch.Tensor | None = None) -> torch.Tensor:
         # h: (P, D) states, W: (C, D) class embeddings, t: (P,) class ids in [0, C)
+        # idx, val: (P, S) optional sparse additive logit terms (logit[p, idx[p, s]] += val[p, s])
         dev = h.device.type
         # matmuls run in the autocast dtype when autocast is on (bf16 on CPU), in both passes
         mm = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype
@@ -25,41 +27,64 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             hm, Wm = h.to(mm), W.to(mm)
             P = h.shape[0]
             acc = torch.promote_types(mm, torch.float32)
+            va = val.to(acc) if val is not None else None
             lse = torch.empty(P, dtype=acc, device=h.device)
             for s in range(0, P, chunk):
-                lse[s : s + chunk] = torch.logsumexp((hm[s : s + chunk] @ Wm.T).to(acc), dim=1)
+                z = (hm[s : s + chunk] @ Wm.T).to(acc)
+                if idx is not None:
+                    z.scatter_add_(1, idx[s : s + chunk], va[s : s + chunk])
+                lse[s : s + chunk] = torch.logsumexp(z, dim=1)
             tgt = (h.to(acc) * W[t].to(acc)).sum(-1)  # (P,) target logits
-        ctx.save_for_backward(hm, Wm, t, lse)
-        ctx.chunk, ctx.dtypes = chunk, (h.dtype, W.dtype)
+            if idx is not None:
+                tgt = tgt + (va * (idx == t[:, None])).sum(-1)
+        ctx.save_for_backward(hm, Wm, t, lse, idx, va)
+        ctx.chunk, ctx.dtypes = chunk, (h.dtype, W.dtype, None if val is None else val.dtype)
         return (lse - tgt).mean()
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
-        hm, Wm, t, lse = ctx.saved_tensors
+        hm, Wm, t, lse, idx, va = ctx.saved_tensors
         P, chunk = hm.shape[0], ctx.chunk
         acc = torch.promote_types(hm.dtype, torch.float32)  # accumulate in >= fp32
         gh = torch.empty(hm.shape, dtype=acc, device=hm.device)
         gW = torch.zeros(Wm.shape, dtype=acc, device=Wm.device)
+        gval = torch.empty(idx.shape, dtype=acc, device=hm.device) if idx is not None else None
         scale = g.to(acc) / P
         for s in range(0, P, chunk):
             hc, tc = hm[s : s + chunk], t[s : s + chunk]
-            p = torch.exp((hc @ Wm.T).to(acc) - lse[s : s + chunk, None])  # (c, C) softmax
+            z = (hc @ Wm.T).to(acc)
+            if idx is not None:
+                z.scatter_add_(1, idx[s : s + chunk], va[s : s + chunk])
+            p = torch.exp(z - lse[s : s + chunk, None])  # (c, C) softmax
             p[torch.arange(len(tc), device=p.device), tc] -= 1.0
-            p = (p * scale).to(hm.dtype)
+            p = p * scale
+            if idx is not None:  # d loss / d val[p, s] = dlogit[p, idx[p, s]]
+                gval[s : s + chunk] = p.gather(1, idx[s : s + chunk])
+            p = p.to(hm.dtype)
             gh[s : s + chunk] = p @ Wm
             gW += (p.T @ hc).to(acc)
-        return gh.to(ctx.dtypes[0]), gW.to(ctx.dtypes[1]), None, None
+        gv = gval.to(ctx.dtypes[2]) if gval is not None and ctx.needs_input_grad[5] else None
+        return gh.to(ctx.dtypes[0]), gW.to(ctx.dtypes[1]), None, None, None, gv
 
 
-def full_softmax_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """Mean cross-entropy of softmax(h @ W.T) against `targets`.
+def full_softmax_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, chunk: int = 256,
+                    extra_idx: torch.Tensor | None = None, extra_val: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of softmax(h @ W.T + E) against `targets`.
 
     h: (P, D), W: (C, D), targets: (P,) in [0, C). chunk <= 0 uses the plain reference form.
+    extra_idx, extra_val: optional (P, S) sparse additive logit terms E: row p gets extra_val[p, s]
+    added to class extra_idx[p, s] (repeated classes add up; a 0 value is a no-op, so rows can be
+    padded with any class and 0). Gradients reach extra_val.
     """
+    if (extra_idx is None) != (extra_val is None):
+        raise ValueError("full_softmax_ce: pass both extra_idx and extra_val, or neither")
     if chunk <= 0:
         logits = h @ W.T
-        return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
-    return _ChunkedSoftmaxCE.apply(h, W, targets, chunk)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if extra_idx is not None:
+            logits = logits.scatter_add(1, extra_idx, extra_val.to(logits.dtype))
+        return F.cross_entropy(logits, targets)
+    return _ChunkedSoftmaxCE.apply(h, W, targets, chunk, extra_idx, extra_val)
 
 
 def batch_candidates(pos: torch.Tensor, n_random: int, n_items: int) -> torch.Tensor:

@@ -6,6 +6,13 @@ full-softmax cross-entropy over the whole catalogue (default; "SASRec+" / CE-SAS
 Klenitskiy & Vasilev 2023, Petrov & Macdonald 2023) or with the original sampled binary
 cross-entropy (one uniformly sampled negative per position). The loss is computed only on
 non-padded positions.
+
+`seen_bias` (off by default) adds a learned logit offset, one per action type, to every item
+that occurs in the model's window, in training (for each position, the items up to it) and in
+scoring alike: the model learns from the data whether users re-consume (positive offsets) or
+never do (negative ones, e.g. MovieLens, where each movie is rated once), in the spirit of the
+repeat / explore split of RepeatNet (Ren et al., AAAI 2019). It is a model component, not
+evaluation masking: the evaluator still ranks every item.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ class SASRecConfig:
     loss: str = "ce"  # "ce" (full softmax) | "bce" (one sampled negative per position)
     ce_chunk: int = 256  # rows per chunk of the full-softmax CE; 0 = plain F.cross_entropy (reference)
     use_actions: bool = False  # add an action-type embedding to each history event
+    seen_bias: bool = False  # learn a logit offset per action type for items already in the window
     init_std: float = 0.02
     # "pre": the SASRec reference code (embeddings x sqrt(hidden), x + f(LN(x)), final LN);
     # "post": RecBole / BERT style (LN + dropout on the embeddings, LN(x + f(x)), no final LN)
@@ -102,6 +110,8 @@ class SASRec(Recommender):
         # pre-norm: final LN on the outputs; post-norm: LN on the summed input embeddings
         self.final_ln = nn.LayerNorm(c.hidden, eps=c.ln_eps)
         self.apply(self._init)
+        # (A,) offset for an item the window holds, by the action of that event (0 = padding, unused)
+        self.seen_bias = nn.Parameter(torch.zeros(max(c.n_actions, 1))) if c.seen_bias else None
 
     def _init(self, m: nn.Module) -> None:
         init_normal(m, self.config.init_std)
@@ -135,8 +145,16 @@ class SASRec(Recommender):
         return self.encode(batch)[:, -1]
 
     # ------------------------------------------------------------------ API
+    def _seen_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, L) the seen-item offset each window event contributes (0 on padding)."""
+        items = batch["items"]
+        return self.seen_bias[batch["actions"]] * (items > 0)
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
+        s = self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
+        if self.seen_bias is not None:  # every window item gets its events' offsets (repeats add up)
+            s = s.scatter_add(1, batch["items"], self._seen_offsets(batch).to(s.dtype))
+        return s
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         h = self.encode(batch)  # (B, L, D)
@@ -144,14 +162,30 @@ class SASRec(Recommender):
         sel = tgt > 0
         h, tgt = h[sel], tgt[sel]  # (P, D), (P,) only real positions
         W = self.item_emb.weight  # (I, D)
+        idx = val = None
+        if self.seen_bias is not None:
+            # row (b, t) sees the window's items at positions s <= t: (B, L, L) -> (P, L)
+            items = batch["items"]
+            L = items.shape[1]
+            causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]
+            val = (self._seen_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
+            idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L) item ids; 0 = padding
         if self.config.loss == "ce":
             # real items only (padding is never a class); chunked so (P, I) logits never exist
-            loss = full_softmax_ce(h, W[1:], tgt - 1, chunk=self.config.ce_chunk)
+            if idx is not None:
+                idx = (idx - 1).clamp_min(0)  # class ids; padding lands on class 0 with offset 0
+            loss = full_softmax_ce(h, W[1:], tgt - 1, chunk=self.config.ce_chunk, extra_idx=idx, extra_val=val)
         else:
             neg = torch.randint(1, self.config.n_items + 1, tgt.shape, device=tgt.device)
             pos_l = (h * W[tgt]).sum(-1).float()
             neg_l = (h * W[neg]).sum(-1).float()
+            if idx is not None:
+                pos_l = pos_l + (val * (idx == tgt[:, None])).sum(-1).float()
+                neg_l = neg_l + (val * (idx == neg[:, None])).sum(-1).float()
             loss = F.binary_cross_entropy_with_logits(
                 torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)])
             )
-        return LossOutput(loss, {"loss": loss.detach(), "positions": sel.sum()})
+        logs = {"loss": loss.detach(), "positions": sel.sum()}
+        if self.seen_bias is not None:
+            logs.update({f"seen_bias_{a}": self.seen_bias[a].detach() for a in range(1, len(self.seen_bias))})
+        return LossOutput(loss, logs)

@@ -11,6 +11,8 @@ Per run directory:
   tb/                       TensorBoard scalars
   checkpoints/last.pt       resumable state (model, optimizer, counters, RNG), atomic
   checkpoints/last.safetensors, best.safetensors   weights + config in metadata, atomic
+                            (with train.ema_decay > 0: the moving-average weights, which are the
+                            ones validated and tested)
   results.json              test metrics of the best checkpoint, protocol, timings
 """
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..data.batching import LengthBucketBatches, TrainUsers, history_batch
@@ -119,12 +122,21 @@ class Trainer:
         counts = train_item_counts(ds, split)
         self.valid_eval = build_evaluator(ds, split, "valid", self.ec, max_len, counts)
         self.test_eval = build_evaluator(ds, split, "test", self.ec, max_len, counts)
+        # train.ema_decay > 0: a moving average of the weights, updated after every optimizer
+        # step; validation, the best/last checkpoints and the test use it instead of the raw weights
+        self.ema: AveragedModel | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, checkpointed and tested."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------------ helpers
     def _diagnostics(self, n_users: int = 512) -> dict[str, Any] | None:
         """Model-specific diagnostics on a fixed sample of validation users, for models that
         define `diagnostics(batch, item_bucket=, targets=)` (e.g. token specialization)."""
-        fn = getattr(self.model, "diagnostics", None)
+        model = self.eval_model
+        fn = getattr(model, "diagnostics", None)
         if fn is None or not self.is_main:
             return None
         ev = self.split.valid
@@ -137,11 +149,11 @@ class Trainer:
             batch = history_batch(self.ds, users, hist, self.max_len)
             self._diag_inputs = (batch, torch.as_tensor(first, dtype=torch.long))
         batch, targets = self._diag_inputs
-        self.model.eval()
+        model.eval()
         with torch.no_grad():
             out = fn({k: v.to(self.device) for k, v in batch.items()}, item_bucket=self.valid_eval.bucket_of,
                      targets=targets.to(self.device))
-        self.model.train()
+        model.train()
         return out
 
     def _autocast(self):
@@ -150,7 +162,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def _score_fn(self) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-        model = self.model
+        model = self.eval_model
 
         def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
             # always fp32: bf16 scores would create ties that the ranking then breaks by item id
@@ -159,11 +171,12 @@ class Trainer:
         return score
 
     def evaluate(self, which: str = "valid", export: bool = False) -> EvalResult:
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         ev = self.valid_eval if which == "valid" else self.test_eval
         with torch.no_grad():
             res = ev.evaluate(self._score_fn(), export=export)
-        self.model.train()
+        model.train()
         return res
 
     def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
@@ -193,12 +206,18 @@ class Trainer:
             raise ValueError("no user has at least 2 training events: nothing to train on")
         opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
         net = DistributedDataParallel(self.model) if self.dist.world_size > 1 else self.model
+        if tc.ema_decay > 0:  # parameters are averaged, buffers copied; every rank averages the same synchronized weights
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
 
         start_epoch, best, best_epoch, bad, bad_lr, history, elapsed0 = 1, -math.inf, 0, 0, 0, [], 0.0
         if resume and (ckpt_dir / "last.pt").exists():
             st = load_state(ckpt_dir / "last.pt")
             self.model.load_state_dict(st["model"])
             opt.load_state_dict(st["optimizer"])
+            if self.ema is not None:
+                if "ema" not in st:
+                    raise ValueError(f"{ckpt_dir / 'last.pt'}: written without train.ema_decay; resume with train.ema_decay=0")
+                self.ema.load_state_dict(st["ema"])
             start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
             bad_lr = int(st.get("bad_lr", bad))
             history, elapsed0 = json.loads(st["history"]), st["elapsed"]
@@ -250,6 +269,8 @@ class Trainer:
                 if tc.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
                 opt.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
                 if bar is not loader and n_steps % sync_every == 0:
                     bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
             if loss_acc is not None:
@@ -299,11 +320,12 @@ class Trainer:
                 log.info(msg)
                 exp = self.cfg.to_dict()
                 if improved:
-                    save_weights(ckpt_dir / "best.safetensors", self.model, self.cfg.model_name, exp,
+                    save_weights(ckpt_dir / "best.safetensors", self.eval_model, self.cfg.model_name, exp,
                                  {"epoch": epoch, tc.monitor: best})
-                save_weights(ckpt_dir / "last.safetensors", self.model, self.cfg.model_name, exp, {"epoch": epoch})
+                save_weights(ckpt_dir / "last.safetensors", self.eval_model, self.cfg.model_name, exp, {"epoch": epoch})
                 save_state(ckpt_dir / "last.pt", {
                     "model": self.model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                    **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
                     "best": best, "best_epoch": best_epoch, "bad": bad, "bad_lr": bad_lr, "history": json.dumps(history),
                     "elapsed": row["elapsed_s"], "torch_rng": torch.get_rng_state(),
                     **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
@@ -331,6 +353,7 @@ class Trainer:
         best_path = ckpt_dir / "best.safetensors"
         if best_path.exists():
             load_weights(best_path, self.model)
+            self.ema = None  # the best weights (moving average or not) are now the model's own
         valid_res = self.evaluate("valid")
         test_res = self.evaluate("test", export=bool(self.ec.export_topk))
         epochs_run = len(history)
