@@ -104,6 +104,29 @@ def test_gumbel_training_reaches_codebooks_and_routers():
     assert not any(p.requires_grad for p in m.base.parameters())
 
 
+def test_train_context_pool_fine_tunes_only_retrieval_as_pooling_head():
+    """train_context="pool": CRBR's loss reaches Retrieval A's pooling head; the Q-Former tower
+    and the item tower (the indexed vectors) get no gradient."""
+    world = generate(SyntheticConfig.tiny(seed=2, n_users=60))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=2, n_layers=1, n_heads=1, max_len=16),
+                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
+    for mode in ("frozen", "pool"):
+        torch.manual_seed(0)
+        m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 4], n_negatives=8,
+                            train_context=mode)).train()
+        users = np.arange(20)
+        m.loss(train_batch(ds, users, split.train_len[users], 16)).loss.backward()
+        head = {id(p) for p in m.context_head_parameters()}
+        assert head and len(head) < sum(1 for _ in m.base.parameters())
+        for n, p in m.base.named_parameters():
+            got = p.grad is not None and bool(p.grad.abs().sum() > 0)
+            assert got == (mode == "pool" and id(p) in head), (mode, n)
+    with pytest.raises(ValueError, match="train_context"):
+        CRBRConfig(train_context="all")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, fit_steps):
     """Q-Former -> Retrieval A -> CRBR with beta > 0 and beta = 0 on the synthetic world."""

@@ -22,7 +22,12 @@ removed keeping the best score, optional per-path quota); every item keeps the p
 it. Everything is batched over users and beams (no Python loop over either).
 
 Q and the item vectors come from a trained Retrieval A checkpoint (`base_checkpoint`): Q is its
-pooled Q-Former user vector and the items are its item tower's vectors; both stay frozen.
+pooled Q-Former user vector and the items are its item tower's vectors. The item vectors always
+stay frozen (the ANN index is built once). Q is frozen too by default (`train_context="frozen"`);
+`train_context="pool"` fine-tunes Retrieval A's pooling head (adapter, set blocks, PMA, output
+projection) with CRBR's loss, so the one context vector can learn to carry what the routing needs
+(e.g. several interests) instead of Retrieval A's single-query summary; the Q-Former tokens under
+it stay frozen.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ class CRBRConfig:
     n_negatives: int = 512
     logq_correction: bool = True
     cut: str = "random"
+    train_context: str = "frozen"  # "frozen": Q as Retrieval A computes it; "pool": fine-tune its pooling head with CRBR's loss
 
     def __post_init__(self) -> None:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
@@ -80,6 +86,8 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.branching: expected 'global' or 'first', got {self.branching!r}")
         if self.path_sampling not in ("gumbel", "beam"):
             raise ValueError(f"CRBRConfig.path_sampling: expected 'gumbel' or 'beam', got {self.path_sampling!r}")
+        if self.train_context not in ("frozen", "pool"):
+            raise ValueError(f"CRBRConfig.train_context: expected 'frozen' or 'pool', got {self.train_context!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
         if not self.base and self.base_checkpoint:
@@ -144,6 +152,9 @@ class CRBR(Recommender):
         bcfg.update(n_items=c.n_items, n_actions=bcfg.get("n_actions", c.n_actions))
         self.base = TwoTower(TwoTowerConfig(**bcfg))
         self.base.requires_grad_(False)
+        if c.train_context == "pool":
+            for p in self.context_head_parameters():
+                p.requires_grad_(True)
         D = self.base.config.out_dim
         self.blocks = nn.ModuleList(RoutingBlock(D, D, m, c.router_hidden) for m in c.codebook_sizes)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -180,10 +191,20 @@ class CRBR(Recommender):
         with torch.no_grad():
             return self.base.item_vectors()
 
+    def context_head_parameters(self) -> list[nn.Parameter]:
+        """Retrieval A's pooling head: adapter, set blocks, PMA, output projection (what
+        `train_context="pool"` fine-tunes); not the Q-Former tower, not the item tower."""
+        head = ("adapter_in.", "set_blocks.", "pma_seed", "pma_ffn.", "pma.", "user_out.")
+        return [p for n, p in self.base.named_parameters() if n.startswith(head)]
+
     def context(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None) -> torch.Tensor:
         """(U, D) user context Q: the base's pooled Q-Former user vector."""
         with torch.no_grad():
-            return self.base.pool(self.base.tokens(batch, visible))
+            tokens = self.base.tokens(batch, visible)
+        if self.config.train_context == "pool":
+            return self.base.pool(tokens)
+        with torch.no_grad():
+            return self.base.pool(tokens)
 
     def tau(self) -> float:
         c = self.config
