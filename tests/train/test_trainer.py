@@ -193,6 +193,25 @@ def test_ddp_two_processes_train_and_evaluate(tmp_path):
     assert hr10 == pytest.approx(res["test"]["HR@10"], abs=1e-4)
 
 
+@pytest.mark.slow
+def test_ddp_trains_a_model_whose_batches_leave_parameters_unused(tmp_path):
+    """The Q-Former with Task A off (the B-only ablation) never uses its ITC heads: DDP must be
+    built with find_unused_parameters, or the second step fails ("Expected to have finished
+    reduction in the prior iteration")."""
+    env = {**os.environ, "CRBR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+           "-m", "crbr.cli.main", "train", "-c", str(ROOT / "configs" / "quickstart.yaml"), f"out_dir={out}",
+           "data.synthetic.n_users=200", "data.synthetic.n_items=300", "data.synthetic.n_categories=10",
+           "data.synthetic.history_median=30", "data.synthetic.max_history=300",
+           "model={name: qformer, max_len: 32, hidden: 32, n_queries: 4, n_layers: 1, n_heads: 2, n_negatives: 32, itc_weight: 0.0}",
+           "train.epochs=2", "train.batch_size=16", "train.progress=false", "train.threads=1"]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    assert res["world_size"] == 2 and res["epochs_run"] == 2
+
+
 def test_bf16_autocast_trains_and_evaluates_in_fp32(world, tmp_path):
     tr, res = fit(world, cfg(tmp_path, epochs=3, bf16=True))
     assert all(np.isfinite(h["train_loss"]) for h in res.history)

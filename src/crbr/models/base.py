@@ -32,6 +32,9 @@ class Recommender(torch.nn.Module, abc.ABC):
     """Base class: subclasses set `self.config` and implement `loss` and `score`."""
 
     config: object
+    # True for models whose loss may leave some trainable parameters unused in a batch (a branch
+    # switched off or skipped); the training loop then builds DDP with find_unused_parameters
+    ddp_find_unused_parameters: bool = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, "float | torch.Tensor"]]:
         """(loss, logs): lets DistributedDataParallel wrap any model through its forward."""

@@ -168,6 +168,8 @@ class ItemMLP(nn.Module):
 
 
 class PinnerFormer(Recommender):
+    ddp_find_unused_parameters = True  # a batch without a sampled position uses no head (see `loss`)
+
     def __init__(self, config: PinnerFormerConfig):
         super().__init__()
         self.config = c = config

@@ -217,6 +217,10 @@ class QFormerEncoder(nn.Module):
 
 
 class QFormer(Recommender):
+    # a batch may leave parameters unused (Task A off: the ITC heads; no slot to hide: the decoder),
+    # which DistributedDataParallel must be told about
+    ddp_find_unused_parameters = True
+
     def __init__(self, config: QFormerConfig):
         super().__init__()
         self.config = c = config

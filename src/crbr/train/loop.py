@@ -205,7 +205,10 @@ class Trainer:
         if len(users) == 0:
             raise ValueError("no user has at least 2 training events: nothing to train on")
         opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
-        net = DistributedDataParallel(self.model) if self.dist.world_size > 1 else self.model
+        net = self.model
+        if self.dist.world_size > 1:
+            net = DistributedDataParallel(
+                self.model, find_unused_parameters=bool(getattr(self.model, "ddp_find_unused_parameters", False)))
         if tc.ema_decay > 0:  # parameters are averaged, buffers copied; every rank averages the same synchronized weights
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
 
