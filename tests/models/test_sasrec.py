@@ -114,7 +114,8 @@ def test_seen_bias_adds_each_window_events_offset_in_scoring_and_to_the_prefix_i
     `score` for the whole window and in the loss for the positions up to each row's own."""
     m = make(max_len=6, seen_bias=True, loss=loss)
     with torch.no_grad():
-        m.seen_bias.copy_(torch.tensor([0.0, -1.5, 0.7]))
+        m.seen_bias.copy_(torch.tensor([0.0, -1.5, 0.7]) / m.config.seen_bias_scale)
+    assert torch.allclose(m.seen_offsets(), torch.tensor([0.0, -1.5, 0.7]))
     items = torch.tensor([[0, 0, 4, 9, 4, 6], [0, 1, 2, 3, 4, 5]])
     actions = torch.tensor([[0, 0, 1, 2, 2, 1], [0, 1, 1, 1, 1, 2]])
     targets = torch.tensor([[0, 0, 9, 4, 6, 7], [0, 2, 3, 4, 5, 1]])
@@ -136,7 +137,7 @@ def test_seen_bias_adds_each_window_events_offset_in_scoring_and_to_the_prefix_i
                 for t in range(6):
                     for u in range(t + 1):
                         if items[b, u] > 0:
-                            logits[b, t, items[b, u]] += m.seen_bias[actions[b, u]]
+                            logits[b, t, items[b, u]] += m.seen_offsets()[actions[b, u]]
             logits[..., 0] = float("-inf")
             sel = targets > 0
             assert torch.allclose(m.loss(batch).loss, F.cross_entropy(logits[sel], targets[sel]), atol=1e-5)
@@ -161,4 +162,5 @@ def test_seen_bias_learns_whether_users_repeat(repeats):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert (m.seen_bias[1].item() > 0.3) if repeats else (m.seen_bias[1].item() < -0.3)
+    off = m.seen_offsets()[1].item()
+    assert (off > 1.0) if repeats else (off < -1.0)

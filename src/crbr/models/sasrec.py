@@ -47,6 +47,9 @@ class SASRecConfig:
     ce_chunk: int = 256  # rows per chunk of the full-softmax CE; 0 = plain F.cross_entropy (reference)
     use_actions: bool = False  # add an action-type embedding to each history event
     seen_bias: bool = False  # learn a logit offset per action type for items already in the window
+    # offset = seen_bias_scale x its parameter, so Adam moves it scale x lr per step: it has to
+    # travel several logits (MovieLens: about -4) while the embeddings move by lr
+    seen_bias_scale: float = 10.0
     init_std: float = 0.02
     # "pre": the SASRec reference code (embeddings x sqrt(hidden), x + f(LN(x)), final LN);
     # "post": RecBole / BERT style (LN + dropout on the embeddings, LN(x + f(x)), no final LN)
@@ -110,7 +113,8 @@ class SASRec(Recommender):
         # pre-norm: final LN on the outputs; post-norm: LN on the summed input embeddings
         self.final_ln = nn.LayerNorm(c.hidden, eps=c.ln_eps)
         self.apply(self._init)
-        # (A,) offset for an item the window holds, by the action of that event (0 = padding, unused)
+        # (A,) offset / seen_bias_scale for an item the window holds, by the action of that event
+        # (0 = padding, unused); `seen_offsets()` gives the offsets themselves
         self.seen_bias = nn.Parameter(torch.zeros(max(c.n_actions, 1))) if c.seen_bias else None
 
     def _init(self, m: nn.Module) -> None:
@@ -145,10 +149,14 @@ class SASRec(Recommender):
         return self.encode(batch)[:, -1]
 
     # ------------------------------------------------------------------ API
+    def seen_offsets(self) -> torch.Tensor:
+        """(A,) the learned logit offset of a window item, per action of its event."""
+        return self.seen_bias * self.config.seen_bias_scale
+
     def _seen_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L) the seen-item offset each window event contributes (0 on padding)."""
         items = batch["items"]
-        return self.seen_bias[batch["actions"]] * (items > 0)
+        return self.seen_offsets()[batch["actions"]] * (items > 0)
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
@@ -187,5 +195,6 @@ class SASRec(Recommender):
             )
         logs = {"loss": loss.detach(), "positions": sel.sum()}
         if self.seen_bias is not None:
-            logs.update({f"seen_bias_{a}": self.seen_bias[a].detach() for a in range(1, len(self.seen_bias))})
+            off = self.seen_offsets().detach()
+            logs.update({f"seen_offset_{a}": off[a] for a in range(1, len(off))})
         return LossOutput(loss, logs)
