@@ -1,0 +1,159 @@
+"""The Bayes-optimal retriever on the synthetic world: what any model could reach at most.
+
+On the world of `bench_crbr.py` (same generator settings) every user's leave-one-out test event
+is scored by `SyntheticWorld.next_item_probs`, the exact distribution the generator draws it
+from, given the ground truth before it: the latent interest state of the previous event, the
+user's interest weights and tastes, and the last `repeat_window` items. Its top-K lists are the
+best a retriever can do in expectation; a model sees only the history, so it sits below them.
+
+Rows:
+  oracle           top 50 by the exact probability
+  oracle, no state the same without the previous event's latent interest (z_{t-1} marginalized
+                   to the interest weights, so P(interest) = w_j): knows every interest and taste
+                   but not which one is active
+  oracle + cover   the oracle's list with the best item of every interest it misses swapped in
+                   for its least likely items (coverage 1 by construction; the recall it costs)
+
+Metrics per row, over all test users and over those with >= 3 true interests (the CRBR bar's
+group): Recall@50 realized (the actual test item in the top 50) and expected (the probability
+mass of the top 50, the realized value's expectation), NDCG@10, interest coverage@50 (share of
+the true interests among the categories of the top 50). With `--compare bench.json` (written by
+bench_crbr.py) the models of that run are set beside the oracle.
+
+    python benchmarks/synthetic_oracle.py --compare /work/bench/crbr/synthetic/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_line, write_section  # noqa: E402
+from bench_crbr import SYNTHETIC  # noqa: E402
+
+K = 50
+
+
+def with_coverage(p: np.ndarray, top: np.ndarray, interests: list[np.ndarray], item_cat: np.ndarray,
+                  cat_offsets: np.ndarray, cat_ids: np.ndarray) -> np.ndarray:
+    """Each row of `top` (U, K) with the most likely item of every interest it does not touch
+    swapped in for its least likely items; rows stay sorted by probability."""
+    out = top.copy()
+    for u, want in enumerate(interests):
+        row = list(out[u])
+        have = {int(c) for i in row for c in cat_ids[cat_offsets[i]:cat_offsets[i + 1]]}
+        missing = [c for c in want.tolist() if c not in have]
+        if not missing:
+            continue
+        add = []
+        for c in missing:
+            members = np.nonzero(item_cat == c)[0]
+            add.append(int(members[np.argmax(p[u, members])]))
+        keep = row[: K - len(add)]
+        row = sorted(set(keep) | set(add), key=lambda i: -p[u, i])
+        out[u, : len(row)] = row
+    return out
+
+
+def evaluate(p: np.ndarray, top: np.ndarray, target: np.ndarray, interests, ds, multi: np.ndarray) -> dict:
+    from crbr.eval.interests import interest_coverage
+
+    hit = top[:, :K] == target[:, None]
+    recall = hit.any(1).astype(float)
+    mass = np.take_along_axis(p, top[:, :K], 1).sum(1)
+    rank = np.where(hit[:, :10].any(1), hit[:, :10].argmax(1), -1)
+    ndcg = np.where(rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
+    cov = interest_coverage(top, [set(i.tolist()) for i in interests], np.asarray(ds.cat_offsets),
+                            np.asarray(ds.cat_ids), K)
+    return {"Recall@50": recall.mean(), "Recall@50_multi": recall[multi].mean(),
+            "expected_Recall@50": mass.mean(), "expected_Recall@50_multi": mass[multi].mean(),
+            "NDCG@10": ndcg.mean(), "cov@50": float(np.nanmean(cov)), "cov@50_multi": float(np.nanmean(cov[multi]))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare", default=None, help="bench.json of a bench_crbr.py run on the synthetic world")
+    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    args = ap.parse_args()
+    import dataclasses
+
+    from crbr.data.dataset import leave_one_out
+    from crbr.data.synthetic import SyntheticConfig, generate
+
+    t0 = time.perf_counter()
+    world = generate(SyntheticConfig(**SYNTHETIC))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    es = split.test
+    users = np.asarray(es.users)
+    t = np.asarray(es.hist_len)  # the test event's index = the visible history's length
+    target = np.asarray(ds.items)[np.asarray(ds.offsets)[users] + t]
+    assert np.array_equal(target, es.target_items[es.target_offsets[:-1]]), "test targets do not match"
+    o = world.interest_offsets
+    interests = [world.interest_categories[o[u]:o[u + 1]] for u in users]
+    multi = np.array([len(i) >= 3 for i in interests])
+
+    rows = {}
+    p = world.next_item_probs(users, t)  # (U, I)
+    top = np.argsort(-p, axis=1, kind="stable")[:, :K]
+    rows["oracle"] = evaluate(p, top, target, interests, ds, multi)
+    covered = with_coverage(p, top, interests, world.item_category, np.asarray(ds.cat_offsets), np.asarray(ds.cat_ids))
+    rows["oracle + cover"] = evaluate(p, covered, target, interests, ds, multi)
+    # no state: stickiness 0 makes P(z_t = j) = w_j
+    stateless = dataclasses.replace(world, config=dataclasses.replace(world.config, stickiness=0.0))
+    p0 = stateless.next_item_probs(users, t)
+    rows["oracle, no state"] = evaluate(p0, np.argsort(-p0, axis=1, kind="stable")[:, :K], target, interests, ds, multi)
+    wall = time.perf_counter() - t0
+    for n, r in rows.items():
+        print(n, {k: round(v, 4) for k, v in r.items()}, flush=True)
+
+    models = {}
+    if args.compare:
+        names = {"sasrec": "SASRec", "qformer": "Q-Former max-sim", "two_tower": "Retrieval A (SAB+PMA)",
+                 "crbr": "CRBR (B=4)", "crbr_quota": "CRBR (B=4), at most 13 per path"}
+        table = json.loads(Path(args.compare).read_text())["table"]
+        models = {names.get(k, k): v for k, v in table.items()}
+
+    def f(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+    lines = [
+        f"Run {datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/synthetic_oracle.py"
+        + (f" --compare {args.compare}" if args.compare else "") + f"` ({wall:.0f} s); machine: {machine_line()}.",
+        f"Dataset: synthetic ({SYNTHETIC}), the world of bench_crbr.py; protocol: leave-one-out, each of the "
+        f"{len(users)} users' last event is the target, top {K} over all {ds.n_items} items, nothing masked; "
+        f"{int(multi.sum())} users have >= 3 true interests.",
+        "",
+        "| retriever | Recall@50 | Recall@50 (>=3) | expected Recall@50 (>=3) | NDCG@10 | cov@50 | cov@50 (>=3) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, r in rows.items():
+        lines.append(f"| {n} | {f(r['Recall@50'])} | {f(r['Recall@50_multi'])} | {f(r['expected_Recall@50_multi'])} | "
+                     f"{f(r['NDCG@10'])} | {f(r['cov@50'])} | {f(r['cov@50_multi'])} |")
+    for n, r in models.items():
+        lines.append(f"| {n} (trained, {Path(args.compare).parent.name}) | {f(r['Recall@50'])} | {f(r['Recall@50_multi'])} | - | "
+                     f"{f(r['NDCG@10'])} | {f(r['cov@50'])} | {f(r['cov@50_multi'])} |")
+    if "Retrieval A (SAB+PMA)" in models:
+        ra = models["Retrieval A (SAB+PMA)"]["Recall@50_multi"]
+        o = rows["oracle"]
+        lines += ["", f"CRBR bar on >= 3-interest users: Recall@50 >= 1.2 x Retrieval A = {1.2 * ra:.4f}; the oracle "
+                      f"reaches {o['Recall@50_multi']:.4f} realized ({o['expected_Recall@50_multi']:.4f} expected) = "
+                      f"{o['Recall@50_multi'] / ra:.2f}x Retrieval A."]
+    section = "\n".join(lines)
+    print(section)
+    write_section(Path(args.results_md), "synthetic_oracle", section, "The Bayes-optimal retriever on the synthetic world (benchmarks/synthetic_oracle.py)")
+
+
+if __name__ == "__main__":
+    main()
