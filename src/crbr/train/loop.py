@@ -180,11 +180,12 @@ class Trainer:
         return res
 
     def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
+        pin = self.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
         if self.tc.length_bucketing:
             bs = LengthBucketBatches(users.window_lengths(), self.tc.batch_size, self.tc.seed,
                                      rank=self.dist.rank, world_size=self.dist.world_size)
             bs.set_epoch(epoch)
-            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate, pin_memory=self.device.type == "cuda")
+            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate, pin_memory=pin)
         if self.dist.world_size > 1:
             sampler = DistributedSampler(users, num_replicas=self.dist.world_size, rank=self.dist.rank,
                                          shuffle=True, seed=self.tc.seed, drop_last=False)
@@ -192,8 +193,7 @@ class Trainer:
         else:
             g = torch.Generator().manual_seed(self.tc.seed * 100_003 + epoch)
             sampler = RandomSampler(users, generator=g)
-        return DataLoader(users, batch_size=self.tc.batch_size, sampler=sampler, collate_fn=users.collate,
-                          pin_memory=self.device.type == "cuda")
+        return DataLoader(users, batch_size=self.tc.batch_size, sampler=sampler, collate_fn=users.collate, pin_memory=pin)
 
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
