@@ -201,9 +201,7 @@ class CRBR(Recommender):
         """(U, D) user context Q: the base's pooled Q-Former user vector."""
         with torch.no_grad():
             tokens = self.base.tokens(batch, visible)
-        if self.config.train_context == "pool":
-            return self.base.pool(tokens)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_context == "pool"):
             return self.base.pool(tokens)
 
     def tau(self) -> float:

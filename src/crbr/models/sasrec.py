@@ -153,7 +153,7 @@ class SASRec(Recommender):
         """(A,) the learned logit offset of a window item, per action of its event."""
         return self.seen_bias * self.config.seen_bias_scale
 
-    def _seen_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _window_offsets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, L) the seen-item offset each window event contributes (0 on padding)."""
         items = batch["items"]
         return self.seen_offsets()[batch["actions"]] * (items > 0)
@@ -161,7 +161,7 @@ class SASRec(Recommender):
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         s = self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
         if self.seen_bias is not None:  # every window item gets its events' offsets (repeats add up)
-            s = s.scatter_add(1, batch["items"], self._seen_offsets(batch).to(s.dtype))
+            s = s.scatter_add(1, batch["items"], self._window_offsets(batch).to(s.dtype))
         return s
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
@@ -176,7 +176,7 @@ class SASRec(Recommender):
             items = batch["items"]
             L = items.shape[1]
             causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]
-            val = (self._seen_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
+            val = (self._window_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
             idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L) item ids; 0 = padding
         if self.config.loss == "ce":
             # real items only (padding is never a class); chunked so (P, I) logits never exist
