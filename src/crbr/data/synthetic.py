@@ -322,6 +322,9 @@ class SyntheticWorld:
         mass = np.bincount(cat[1:], weights=pop[1:], minlength=C)  # (C,)
         scale = cfg.affinity_strength * math.sqrt(self.item_styles.shape[1])
         items = np.asarray(ds.items)
+        order = np.argsort(cat[1:], kind="stable") + 1  # item ids grouped by primary category
+        bounds = np.searchsorted(cat[order], np.arange(C + 1))
+        logpop = np.log(np.where(pop > 0, pop, 1.0))
         out = np.zeros((len(users), I), dtype=np.float64)
         io = self.interest_offsets
         for k, (u, tt) in enumerate(zip(users.tolist(), t.tolist())):
@@ -331,8 +334,8 @@ class SyntheticWorld:
             pz = (1 - cfg.stickiness) * w + cfg.stickiness * (cats == prev)  # (K,)
             base = np.zeros(I)
             for j, c in enumerate(cats.tolist()):
-                members = np.nonzero(cat == c)[0]
-                logit = np.log(pop[members]) + scale * (self.item_styles[members] @ self.interest_tastes[rows[j]])
+                members = order[bounds[c] : bounds[c + 1]]
+                logit = logpop[members] + scale * (self.item_styles[members] @ self.interest_tastes[rows[j]])
                 p = np.exp(logit - logit.max())
                 base[members] += (1 - cfg.exploration) * pz[j] * p / p.sum()
             outside = np.ones(C, dtype=bool)
