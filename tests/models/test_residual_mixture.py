@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from crbr.data.dataset import leave_one_out
 from crbr.data.synthetic import SyntheticConfig, generate
@@ -67,6 +68,36 @@ def test_score_equals_the_per_pair_formula(mixture):
                     f = fuse_competitive(seq[u], vis[u], sem[u], w[i])
                 ref[u, i] = f @ E[i]
     assert torch.allclose(s, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("mixture", ["residual", "competitive"])
+def test_seen_bias_offsets_the_mixture_scores_and_its_training_logits(mixture):
+    """model.seen_bias on the backbone: the mixture's full-catalogue scores get each window event's
+    offset, and its CE equals a dense softmax over u'.v' plus the offsets of each position's prefix."""
+    m = make(mixture, seen_bias=True)
+    with torch.no_grad():
+        m.backbone.seen_bias.copy_(torch.tensor([0.0, -2.0, 0.5]) / m.config.seen_bias_scale)
+    b = batch()
+    b["actions"] = (b["items"] > 0).long() * (1 + (b["items"] % 2))  # actions 1 and 2
+    b["targets"] = torch.roll(b["items"], -1, 1) * (b["items"] > 0)
+    items, actions, targets = b["items"], b["actions"], b["targets"]
+    off = m.backbone.seen_offsets()
+    with torch.no_grad():
+        user, V = m.encode(b).user, m.item_vectors()  # (B, L, 3D), (I, 3D)
+        plain = user[:, -1] @ V.T
+        want = plain.clone()
+        logits = user @ V.T  # (B, L, I)
+        for u in range(items.shape[0]):
+            for t in range(items.shape[1]):
+                if items[u, t] > 0:
+                    want[u, items[u, t]] += off[actions[u, t]]
+                    logits[u, t:, items[u, t]] += off[actions[u, t]]
+        assert torch.allclose(m.score(b), want, atol=1e-5)
+        logits[..., 0] = float("-inf")
+        sel = targets > 0
+        out = m.loss(b)
+        assert torch.allclose(out.logs["ce"], F.cross_entropy(logits[sel], targets[sel]), atol=1e-5)
+        assert float(out.logs["seen_offset_1"]) == pytest.approx(-2.0)
 
 
 def test_gate_initial_value_and_router_starts_uniform():

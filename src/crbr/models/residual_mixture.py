@@ -295,7 +295,8 @@ class ResidualMixture(Recommender):
 
     # ------------------------------------------------------------------ API
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.user_embedding(batch) @ self.item_vectors().T  # (B, I)
+        # (B, I); the backbone's seen-item offsets (model.seen_bias) apply to the mixture's scores too
+        return self.backbone.add_seen_offsets(self.user_embedding(batch) @ self.item_vectors().T, batch)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config
@@ -305,17 +306,25 @@ class ResidualMixture(Recommender):
         h, tgt = out.user[sel], tgt[sel]  # (P, 3D), (P,)
         w = self.route()  # (I, K)
         V = self.item_vectors(w)  # (I, 3D)
+        idx, val = self.backbone.seen_logit_terms(batch, sel)  # (P, L) each, or None (no seen_bias)
         if c.loss == "ce":
-            ce = full_softmax_ce(h, V[1:], tgt - 1, chunk=c.ce_chunk)
+            cls = None if idx is None else (idx - 1).clamp_min(0)  # class ids; padding: class 0, offset 0
+            ce = full_softmax_ce(h, V[1:], tgt - 1, chunk=c.ce_chunk, extra_idx=cls, extra_val=val)
         else:
             neg = torch.randint(1, c.n_items + 1, tgt.shape, device=tgt.device)
             pos_l, neg_l = (h * V[tgt]).sum(-1).float(), (h * V[neg]).sum(-1).float()
+            if idx is not None:
+                pos_l = pos_l + (val * (idx == tgt[:, None])).sum(-1).float()
+                neg_l = neg_l + (val * (idx == neg[:, None])).sum(-1).float()
             ce = F.binary_cross_entropy_with_logits(
                 torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)]))
         usage = w[tgt].float().mean(0)  # (K,) mean routing weight over this batch's targets
         bal = balance_loss(usage)
         loss = ce + c.balance_weight * bal
         logs = {"loss": loss.detach(), "ce": ce.detach(), "balance": bal.detach(), "positions": sel.sum()}
+        if self.backbone.seen_bias is not None:
+            off = self.backbone.seen_offsets().detach()
+            logs.update({f"seen_offset_{a}": off[a] for a in range(1, len(off))})
         if self.gate is not None or c.mixture == "residual":
             logs["gate"] = self.gate_value().detach()
         return LossOutput(loss, logs)

@@ -158,11 +158,29 @@ class SASRec(Recommender):
         items = batch["items"]
         return self.seen_offsets()[batch["actions"]] * (items > 0)
 
+    def add_seen_offsets(self, scores: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, I) scores plus the seen-item offsets of the batch's windows (unchanged without seen_bias);
+        every window item gets its events' offsets (repeats add up)."""
+        if self.seen_bias is None:
+            return scores
+        return scores.scatter_add(1, batch["items"], self._window_offsets(batch).to(scores.dtype))
+
+    def seen_logit_terms(self, batch: dict[str, torch.Tensor],
+                         sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """Sparse logit offsets of the training positions `sel` ((B, L) bool): row (b, t) gets the
+        offsets of the window items at positions s <= t. Returns (idx, val), both (P, L): item ids
+        (0 = padding, offset 0) and offsets; (None, None) without seen_bias."""
+        if self.seen_bias is None:
+            return None, None
+        items = batch["items"]
+        L = items.shape[1]
+        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]
+        val = (self._window_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
+        idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L)
+        return idx, val
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        s = self.user_embedding(batch) @ self.item_emb.weight.T  # (B, I)
-        if self.seen_bias is not None:  # every window item gets its events' offsets (repeats add up)
-            s = s.scatter_add(1, batch["items"], self._window_offsets(batch).to(s.dtype))
-        return s
+        return self.add_seen_offsets(self.user_embedding(batch) @ self.item_emb.weight.T, batch)  # (B, I)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         h = self.encode(batch)  # (B, L, D)
@@ -170,14 +188,7 @@ class SASRec(Recommender):
         sel = tgt > 0
         h, tgt = h[sel], tgt[sel]  # (P, D), (P,) only real positions
         W = self.item_emb.weight  # (I, D)
-        idx = val = None
-        if self.seen_bias is not None:
-            # row (b, t) sees the window's items at positions s <= t: (B, L, L) -> (P, L)
-            items = batch["items"]
-            L = items.shape[1]
-            causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]
-            val = (self._window_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
-            idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L) item ids; 0 = padding
+        idx, val = self.seen_logit_terms(batch, sel)  # (P, L) each, or None
         if self.config.loss == "ce":
             # real items only (padding is never a class); chunked so (P, I) logits never exist
             if idx is not None:
