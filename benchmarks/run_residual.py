@@ -11,7 +11,9 @@ Each run is its own `crbr train` / `crbr federated` process (configs/sasrec_ml10
 configs/residual_ml100k{,_competitive,_noise,_noise_resampled}.yaml, configs/federated/residual_ml100k.yaml). The
 federated run of a seed gets as many rounds as the centralized residual run of that seed trained
 epochs (1 local epoch per round, all clients every round: the same total epochs of data). Protocol: leave-one-out, full ranking
-over the whole catalogue, history not masked, best-validation checkpoint tested.
+over the whole catalogue, history not masked, best-validation checkpoint tested. The
+`residual_warm` row is the residual mixture whose backbone starts from the SASRec-alone run of the
+same seed (`model.backbone_checkpoint`), so it needs that run (in OUT) first.
 
 Bars (issue): residual >= SASRec alone and >= competitive on test NDCG@10 (mean over seeds);
 residual with noise experts within 2% of SASRec alone; federated within 10% of centralized
@@ -38,6 +40,8 @@ SHARED = ROOT.parent / "shared" / "data"
 RUNS = {  # name -> (command, config, label)
     "sasrec": ("train", "sasrec_ml100k.yaml", "SASRec alone"),  # + ROW_OVERRIDES: the residual configs' optimizer
     "residual": ("train", "residual_ml100k.yaml", "residual enhancement (genres + MiniLM text)"),
+    "residual_warm": ("train", "residual_ml100k.yaml",  # + the SASRec-alone run of the same seed as backbone
+                      "residual enhancement, backbone warm-started from SASRec alone"),
     "competitive": ("train", "residual_ml100k_competitive.yaml", "competitive mixture (3-way router)"),
     "noise": ("train", "residual_ml100k_noise.yaml", "residual, noise experts (random:384 x 2)"),
     "noise_resampled": ("train", "residual_ml100k_noise_resampled.yaml",
@@ -145,6 +149,10 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
 
     line("residual >= SASRec alone (NDCG@10)", None if res is None or s is None else res >= s,
          "" if res is None or s is None else f" ({res:.4f} vs {s:.4f}, {100 * (res / s - 1):+.1f}%)")
+    warm = mean("residual_warm")
+    if warm is not None and s is not None:
+        line("residual warm-started from SASRec alone >= SASRec alone (NDCG@10)", warm >= s,
+             f" ({warm:.4f} vs {s:.4f}, {100 * (warm / s - 1):+.1f}%; its training starts where SASRec's ended)")
     line("residual >= competitive (NDCG@10)", None if res is None or comp is None else res >= comp,
          "" if res is None or comp is None else f" ({res:.4f} vs {comp:.4f}, {100 * (res / comp - 1):+.1f}%)")
     for key, what in (("noise", "noise experts (fixed random features)"),
@@ -204,6 +212,12 @@ def main() -> None:
             if name == "federated" and rounds is None and "residual" in results:
                 rounds = next((r["epochs"] for r in results["residual"] if r["seed"] == seed), None)
             ov = overrides + (REDUCED_FED if args.reduced and name == "federated" else [])
+            if name == "residual_warm":  # the backbone starts from this seed's SASRec-alone run
+                sasrec = out / f"sasrec_s{seed}" / "checkpoints" / "best.safetensors"
+                if not sasrec.exists():
+                    sys.exit(f"residual_warm needs the SASRec-alone run of seed {seed} ({sasrec}): run it first "
+                             "(--runs sasrec residual_warm ...)")
+                ov = ov + [f"model.backbone_checkpoint={sasrec}"]
             results.setdefault(name, []).append(run_one(name, seed, out, args.threads, ov, rounds, args.reuse))
     total = time.perf_counter() - t_start
     r0 = next(iter(results.values()))[0]

@@ -194,3 +194,32 @@ def test_noise_inputs_carry_no_item_information():
     assert torch.equal(make().expert_inputs("sem", items), make().sem_feats[items])
     with pytest.raises(ValueError, match="expert_inputs"):
         ResidualMixtureConfig(expert_inputs="random")
+
+
+def test_backbone_warm_start_loads_a_matching_sasrec_and_rejects_another(tmp_path):
+    """backbone_checkpoint: the backbone starts as the trained SASRec (same weights, so the
+    backbone's own scores are the SASRec's), the rest starts fresh; a SASRec of another
+    architecture is refused with the differing setting named."""
+    from crbr.models import SASRec, SASRecConfig
+    from crbr.train.checkpoint import save_weights
+
+    ds = generate(SyntheticConfig.tiny(seed=3)).dataset
+    split = leave_one_out(ds)
+    arch = {"max_len": 12, "hidden": 16, "n_heads": 2, "n_layers": 1, "seen_bias": True}
+    torch.manual_seed(5)
+    sas = SASRec(SASRecConfig(n_items=ds.n_items, n_actions=ds.n_actions, dropout=0.3, **arch))
+    path = save_weights(tmp_path / "sasrec.safetensors", sas, "sasrec", {})
+    params = {**arch, "vis_features": "categories", "sem_features": "random:8:3", "dropout": 0.5}
+    m = build_model("residual_mixture", {**params, "backbone_checkpoint": str(path)}, ds, split)
+    fresh = build_model("residual_mixture", params, ds, split)
+    for (n, p), q in zip(m.backbone.state_dict().items(), sas.state_dict().values()):
+        assert torch.equal(p, q), n
+    assert not torch.equal(fresh.backbone.item_emb.weight, sas.item_emb.weight)
+    b = {"items": torch.tensor([[0, 0, 3, 4, 5]]), "actions": torch.tensor([[0, 0, 1, 2, 1]])}
+    m.eval(), sas.eval()
+    with torch.no_grad():
+        assert torch.equal(m.backbone.score(b), sas.score(b))
+    with pytest.raises(ValueError, match="hidden: checkpoint 16, model 32"):
+        build_model("residual_mixture", {**params, "hidden": 32, "backbone_checkpoint": str(path)}, ds, split)
+    with pytest.raises(FileNotFoundError, match="backbone_checkpoint"):
+        build_model("residual_mixture", {**params, "backbone_checkpoint": str(tmp_path / "nope.safetensors")}, ds, split)

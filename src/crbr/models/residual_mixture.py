@@ -31,6 +31,10 @@ so score(u, i) = u' . v'_i exactly: the user side is encoded once per user (neve
 over v' serves retrieval unchanged. The router costs one small MLP over the (I, D) item table per
 step.
 
+Warm start (`backbone_checkpoint`): the backbone can start from a trained SASRec of the same
+architecture, so the experts enhance a converged backbone (the centralized analogue of the
+federated warm-up that aggregates the backbone first); experts, router and gate start fresh.
+
 Parameter groups (`parameter_groups()`, used by federated partial aggregation):
 backbone = SASRec + LN(seq); experts = both experts and their output LayerNorms; router; gate.
 """
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,6 +80,9 @@ class ResidualMixtureConfig(SASRecConfig):
     router_hidden: int = 64
     router_stop_grad: bool = True  # the router reads e_i without sending gradients into it
     balance_weight: float = 0.01  # weight of the load-balance loss
+    # warm start: a trained SASRec .safetensors whose weights initialise the backbone (its
+    # architecture must match); experts, router and gate start fresh. "" = train from scratch
+    backbone_checkpoint: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,6 +93,10 @@ class ResidualMixtureConfig(SASRecConfig):
                              f"got {self.expert_inputs!r}")
         if self.hidden % self.expert_heads:
             raise ValueError(f"ResidualMixtureConfig: hidden {self.hidden} not divisible by expert_heads {self.expert_heads}")
+
+    # the SASRec settings a backbone checkpoint must share (the others only affect training)
+    BACKBONE_ARCH = ("n_items", "n_actions", "max_len", "hidden", "n_layers", "n_heads", "ffn_mult", "ln_eps",
+                     "use_actions", "seen_bias", "seen_bias_scale", "norm")
 
     def backbone_config(self) -> SASRecConfig:
         return SASRecConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SASRecConfig)})
@@ -224,7 +236,10 @@ class ResidualMixture(Recommender):
 
     def attach_data(self, vis_feats: np.ndarray | None = None, sem_feats: np.ndarray | None = None,
                     item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
-        """Copy the frozen expert inputs ((n_items + 1, vis_dim) and (n_items + 1, sem_dim))."""
+        """Copy the frozen expert inputs ((n_items + 1, vis_dim) and (n_items + 1, sem_dim)) and,
+        with `backbone_checkpoint`, load the trained SASRec into the backbone."""
+        if self.config.backbone_checkpoint:
+            self.load_backbone(self.config.backbone_checkpoint)
         for name, X in (("vis_feats", vis_feats), ("sem_feats", sem_feats)):
             if X is None:
                 continue
@@ -235,6 +250,21 @@ class ResidualMixture(Recommender):
             if not torch.isfinite(t).all():
                 raise ValueError(f"attach_data: {name} has NaN or infinite values")
             buf.copy_(t)
+
+    def load_backbone(self, path: str) -> None:
+        """Initialise the backbone from a SASRec checkpoint of the same architecture."""
+        from ..train.checkpoint import embedded_config, load_weights
+
+        if not Path(path).exists():
+            raise FileNotFoundError(f"ResidualMixtureConfig.backbone_checkpoint: {path} does not exist")
+        theirs = embedded_config(path, "sasrec")
+        ours = dataclasses.asdict(self.config)
+        defaults = {f.name: f.default for f in dataclasses.fields(SASRecConfig)}
+        diff = [f"{k}: checkpoint {theirs.get(k, defaults[k])!r}, model {ours[k]!r}" for k in self.config.BACKBONE_ARCH
+                if theirs.get(k, defaults[k]) != ours[k]]
+        if diff:
+            raise ValueError(f"{path}: the SASRec checkpoint does not fit the backbone ({'; '.join(diff)})")
+        load_weights(path, self.backbone)
 
     def parameter_groups(self) -> dict[str, list[str]]:
         """Parameter names per group: backbone, experts, router, gate (for partial aggregation)."""
