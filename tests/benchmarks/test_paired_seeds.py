@@ -1,0 +1,41 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def module():
+    spec = importlib.util.spec_from_file_location("paired_seeds", ROOT / "benchmarks" / "paired_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write(out: Path, name: str, seed: int, ndcg: float) -> None:
+    d = out / f"{name}_s{seed}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"test": {"NDCG@10": ndcg}}))
+
+
+def test_paired_difference_interval_and_shared_seeds(tmp_path):
+    ps = module()
+    for seed, a, b in ((1, 0.10, 0.11), (2, 0.20, 0.23), (3, 0.30, 0.32)):
+        write(tmp_path, "base", seed, a)
+        write(tmp_path, "new", seed, b)
+    write(tmp_path, "base", 4, 0.5)  # only one run has seed 4: left out of the pairing
+    write(tmp_path, "base_extra", 1, 0.0)  # another run whose name starts like "base": not read as "base"
+    res = ps.load(tmp_path, ["base", "new"], "NDCG@10")
+    assert set(res["base"]) == {1, 2, 3, 4} and set(res["new"]) == {1, 2, 3}
+    table, seeds = ps.report(res, "base", "NDCG@10")
+    assert seeds == [1, 2, 3]
+    # differences 0.01, 0.03, 0.02: mean 0.02, sd 0.01, se 0.01 / sqrt(3), t(0.975, 2) = 4.303
+    p = ps.paired([0.10, 0.20, 0.30], [0.11, 0.23, 0.32])
+    se = 0.01 / 3 ** 0.5
+    assert p["mean"] == pytest.approx(0.02) and p["se"] == pytest.approx(se)
+    assert (p["lo"], p["hi"]) == pytest.approx((0.02 - 4.303 * se, 0.02 + 4.303 * se))
+    assert (p["wins"], p["losses"]) == (3, 0)
+    assert "| new | 0.2200 ± 0.1054 | +0.0200 ± 0.0058 | [-0.0048, +0.0448] | +10.0% | 3 / 0 |" in table
+    assert ps.t975(10) == 2.228 and ps.t975(100) == 1.96
