@@ -344,17 +344,15 @@ class ResidualMixture(Recommender):
             neg = torch.randint(1, c.n_items + 1, tgt.shape, device=tgt.device)
             pos_l, neg_l = (h * V[tgt]).sum(-1).float(), (h * V[neg]).sum(-1).float()
             if idx is not None:
-                pos_l = pos_l + (val * (idx == tgt[:, None])).sum(-1).float()
-                neg_l = neg_l + (val * (idx == neg[:, None])).sum(-1).float()
+                bb = self.backbone
+                pos_l, neg_l = pos_l + bb.pair_offsets(idx, val, tgt), neg_l + bb.pair_offsets(idx, val, neg)
             ce = F.binary_cross_entropy_with_logits(
                 torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)]))
         usage = w[tgt].float().mean(0)  # (K,) mean routing weight over this batch's targets
         bal = balance_loss(usage)
         loss = ce + c.balance_weight * bal
-        logs = {"loss": loss.detach(), "ce": ce.detach(), "balance": bal.detach(), "positions": sel.sum()}
-        if self.backbone.seen_bias is not None:
-            off = self.backbone.seen_offsets().detach()
-            logs.update({f"seen_offset_{a}": off[a] for a in range(1, len(off))})
+        logs = {"loss": loss.detach(), "ce": ce.detach(), "balance": bal.detach(), "positions": sel.sum(),
+                **self.backbone.seen_offset_logs()}
         if self.gate is not None or c.mixture == "residual":
             logs["gate"] = self.gate_value().detach()
         return LossOutput(loss, logs)

@@ -179,6 +179,18 @@ class SASRec(Recommender):
         idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L)
         return idx, val
 
+    @staticmethod
+    def pair_offsets(idx: torch.Tensor, val: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """(P,) the offset of item `ids` (P,) in each row of seen_logit_terms' (idx, val)."""
+        return (val * (idx == ids[:, None])).sum(-1).float()
+
+    def seen_offset_logs(self) -> dict[str, torch.Tensor]:
+        """The learned offsets by action, for the training log (empty without seen_bias)."""
+        if self.seen_bias is None:
+            return {}
+        off = self.seen_offsets().detach()
+        return {f"seen_offset_{a}": off[a] for a in range(1, len(off))}
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.add_seen_offsets(self.user_embedding(batch) @ self.item_emb.weight.T, batch)  # (B, I)
 
@@ -199,13 +211,9 @@ class SASRec(Recommender):
             pos_l = (h * W[tgt]).sum(-1).float()
             neg_l = (h * W[neg]).sum(-1).float()
             if idx is not None:
-                pos_l = pos_l + (val * (idx == tgt[:, None])).sum(-1).float()
-                neg_l = neg_l + (val * (idx == neg[:, None])).sum(-1).float()
+                pos_l, neg_l = pos_l + self.pair_offsets(idx, val, tgt), neg_l + self.pair_offsets(idx, val, neg)
             loss = F.binary_cross_entropy_with_logits(
                 torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)])
             )
-        logs = {"loss": loss.detach(), "positions": sel.sum()}
-        if self.seen_bias is not None:
-            off = self.seen_offsets().detach()
-            logs.update({f"seen_offset_{a}": off[a] for a in range(1, len(off))})
+        logs = {"loss": loss.detach(), "positions": sel.sum(), **self.seen_offset_logs()}
         return LossOutput(loss, logs)
