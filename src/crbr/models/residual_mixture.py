@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossOutput, Recommender
-from .losses import full_softmax_ce
 from .sasrec import CausalBlock, SASRec, SASRecConfig
 
 MIXTURES = ("residual", "competitive")
@@ -336,18 +335,7 @@ class ResidualMixture(Recommender):
         h, tgt = out.user[sel], tgt[sel]  # (P, 3D), (P,)
         w = self.route()  # (I, K)
         V = self.item_vectors(w)  # (I, 3D)
-        idx, val = self.backbone.seen_logit_terms(batch, sel)  # (P, L) each, or None (no seen_bias)
-        if c.loss == "ce":
-            cls = None if idx is None else (idx - 1).clamp_min(0)  # class ids; padding: class 0, offset 0
-            ce = full_softmax_ce(h, V[1:], tgt - 1, chunk=c.ce_chunk, extra_idx=cls, extra_val=val)
-        else:
-            neg = torch.randint(1, c.n_items + 1, tgt.shape, device=tgt.device)
-            pos_l, neg_l = (h * V[tgt]).sum(-1).float(), (h * V[neg]).sum(-1).float()
-            if idx is not None:
-                bb = self.backbone
-                pos_l, neg_l = pos_l + bb.pair_offsets(idx, val, tgt), neg_l + bb.pair_offsets(idx, val, neg)
-            ce = F.binary_cross_entropy_with_logits(
-                torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)]))
+        ce = self.backbone.next_item_loss(h, V, tgt, batch, sel)  # CE or BCE against u'.v', seen offsets included
         usage = w[tgt].float().mean(0)  # (K,) mean routing weight over this batch's targets
         bal = balance_loss(usage)
         loss = ce + c.balance_weight * bal

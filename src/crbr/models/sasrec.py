@@ -194,26 +194,30 @@ class SASRec(Recommender):
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.add_seen_offsets(self.user_embedding(batch) @ self.item_emb.weight.T, batch)  # (B, I)
 
+    def next_item_loss(self, h: torch.Tensor, W: torch.Tensor, tgt: torch.Tensor, batch: dict[str, torch.Tensor],
+                       sel: torch.Tensor) -> torch.Tensor:
+        """The configured loss (full-softmax CE or sampled BCE) of user vectors h (P, d) against the
+        item table W (I, d) for targets tgt (P,) at the positions `sel` (B, L) of the batch, with the
+        seen-item offsets of each position's prefix when seen_bias is on (shared by the mixtures
+        built on this backbone)."""
+        idx, val = self.seen_logit_terms(batch, sel)  # (P, L) each, or None
+        if self.config.loss == "ce":
+            # real items only (padding is never a class); chunked so (P, I) logits never exist
+            cls = None if idx is None else (idx - 1).clamp_min(0)  # class ids; padding: class 0, offset 0
+            return full_softmax_ce(h, W[1:], tgt - 1, chunk=self.config.ce_chunk, extra_idx=cls, extra_val=val)
+        neg = torch.randint(1, self.config.n_items + 1, tgt.shape, device=tgt.device)
+        pos_l = (h * W[tgt]).sum(-1).float()
+        neg_l = (h * W[neg]).sum(-1).float()
+        if idx is not None:
+            pos_l, neg_l = pos_l + self.pair_offsets(idx, val, tgt), neg_l + self.pair_offsets(idx, val, neg)
+        return F.binary_cross_entropy_with_logits(
+            torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)]))
+
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         h = self.encode(batch)  # (B, L, D)
         tgt = batch["targets"]  # (B, L)
         sel = tgt > 0
         h, tgt = h[sel], tgt[sel]  # (P, D), (P,) only real positions
-        W = self.item_emb.weight  # (I, D)
-        idx, val = self.seen_logit_terms(batch, sel)  # (P, L) each, or None
-        if self.config.loss == "ce":
-            # real items only (padding is never a class); chunked so (P, I) logits never exist
-            if idx is not None:
-                idx = (idx - 1).clamp_min(0)  # class ids; padding lands on class 0 with offset 0
-            loss = full_softmax_ce(h, W[1:], tgt - 1, chunk=self.config.ce_chunk, extra_idx=idx, extra_val=val)
-        else:
-            neg = torch.randint(1, self.config.n_items + 1, tgt.shape, device=tgt.device)
-            pos_l = (h * W[tgt]).sum(-1).float()
-            neg_l = (h * W[neg]).sum(-1).float()
-            if idx is not None:
-                pos_l, neg_l = pos_l + self.pair_offsets(idx, val, tgt), neg_l + self.pair_offsets(idx, val, neg)
-            loss = F.binary_cross_entropy_with_logits(
-                torch.cat([pos_l, neg_l]), torch.cat([torch.ones_like(pos_l), torch.zeros_like(neg_l)])
-            )
+        loss = self.next_item_loss(h, self.item_emb.weight, tgt, batch, sel)
         logs = {"loss": loss.detach(), "positions": sel.sum(), **self.seen_offset_logs()}
         return LossOutput(loss, logs)
