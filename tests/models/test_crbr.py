@@ -161,24 +161,32 @@ def test_balance_loss_keeps_codes_alive(trained):
     assert spread["perplexity_l2"] > 1.5 * free["perplexity_l2"], (spread, free)
 
 
-def test_path_retrieval_merges_without_duplicates_and_keeps_paths(trained):
+@pytest.mark.parametrize("merge_score", ["similarity", "path"])
+def test_path_retrieval_merges_without_duplicates_and_keeps_paths(trained, merge_score):
     ds, split, models, _ = trained
     m = models[0.1]
     users = np.arange(32)
     b = history_batch(ds, users, split.test.hist_len[:32], 64)
-    r = m.retrieve(b, k=40, quota=15)
+    m.config.merge_score = merge_score
+    try:
+        r = m.retrieve(b, k=40, quota=15)
+        full = m.retrieve(b, k=20, per_path_k=ds.n_items)
+        with torch.no_grad():
+            ref = m.score(b).topk(20, dim=1)
+    finally:
+        m.config.merge_score = "similarity"
     V = m.item_vectors()
+    S = r.beams.scores.double()
+    w = torch.exp(S - torch.logsumexp(S, 1, keepdim=True))  # path weights, by hand
     for u in range(32):
         ids = r.ids[u][r.ids[u] >= 0]
         assert len(ids) == len(set(ids.tolist())) and 0 not in ids
         assert np.bincount(r.path[u][r.ids[u] >= 0], minlength=m.config.beam).max() <= 15
-        for i, p, s in zip(r.ids[u], r.path[u], r.scores[u]):  # each item's score is its path's similarity
-            if i >= 0:
-                assert abs(float(r.beams.queries[u, p] @ V[i]) - s) < 1e-4
+        for i, p, s in zip(r.ids[u], r.path[u], r.scores[u]):  # each item's score: its path's similarity
+            if i >= 0:  # (+ tau * log w_path with merge_score="path")
+                off = m.config.nce_temperature * float(torch.log(w[u, p])) if merge_score == "path" else 0.0
+                assert abs(float(r.beams.queries[u, p] @ V[i]) + off - s) < 1e-4
     # exact per-path search wide enough + merge == the exact max-over-beams ranking of score()
-    full = m.retrieve(b, k=20, per_path_k=ds.n_items)
-    with torch.no_grad():
-        ref = m.score(b).topk(20, dim=1)
     np.testing.assert_allclose(full.scores, ref.values.numpy(), rtol=1e-5, atol=1e-5)
 
 

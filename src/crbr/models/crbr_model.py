@@ -67,6 +67,10 @@ class CRBRConfig:
     path_sampling: str = "gumbel"  # P > 1: "gumbel" = P independent Gumbel-softmax paths; "beam" = Gumbel-perturbed beam of P hard paths
     train_future: int = 1  # positives per training cut: the next k events (k > 1: multi-target mixture, see `loss`)
     merge_quota: int = 0  # at most this many items per path at the top of the merged ranking (0 = plain max over paths)
+    # what merge & sort ranks by: "similarity" = q_b . i (the seed); "path" = q_b . i + tau_nce * log w_b,
+    # w = softmax over the beam of the path scores S_b, i.e. log w_b + q_b . i / tau_nce in similarity units:
+    # a low-probability path's items no longer crowd out the best path's, so a wider beam cannot lower recall
+    merge_score: str = "similarity"
     alpha: float = 0.1  # L_Align weight
     beta: float = 0.1  # L_Balance weight
     align: str = "all"  # "all": mean over layers of ||v(l) - i+||^2; "last": only v(L)
@@ -88,6 +92,8 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.path_sampling: expected 'gumbel' or 'beam', got {self.path_sampling!r}")
         if self.train_context not in ("frozen", "pool"):
             raise ValueError(f"CRBRConfig.train_context: expected 'frozen' or 'pool', got {self.train_context!r}")
+        if self.merge_score not in ("similarity", "path"):
+            raise ValueError(f"CRBRConfig.merge_score: expected 'similarity' or 'path', got {self.merge_score!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
         if not self.base and self.base_checkpoint:
@@ -335,14 +341,21 @@ class CRBR(Recommender):
     def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None) -> BeamOutput:
         return self.beam_search(self.context(batch), beam)
 
+    def path_offsets(self, out: BeamOutput) -> torch.Tensor:
+        """(U, B) what merge & sort adds to path b's similarities: 0 (merge_score="similarity") or
+        tau_nce * log w_b with w = softmax of the path scores over the beam ("path")."""
+        if self.config.merge_score == "path":
+            return self.config.nce_temperature * torch.log_softmax(out.scores.float(), 1)
+        return torch.zeros_like(out.scores, dtype=torch.float32)
+
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(U, I) exact reference of path retrieval: each item scored by its best beam,
-        max_b q_b . item (merge & sort over full per-path lists). With `merge_quota` = m, only the
+        max_b q_b . item + offset_b (merge & sort over full per-path lists; offset: `path_offsets`). With `merge_quota` = m, only the
         best m items attributed to each beam keep their score; the others rank after them (score
         - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
         out = self.beams(batch)
         V = self.item_vectors()
-        s_all = torch.einsum("ubd,id->ubi", out.queries, V)  # (U, B, I)
+        s_all = torch.einsum("ubd,id->ubi", out.queries, V) + self.path_offsets(out)[:, :, None]  # (U, B, I)
         s_all[:, :, 0] = float("-inf")
         s, src = s_all.max(1)  # (U, I) best score, attributed beam (ties: the earlier beam)
         m = self.config.merge_quota
@@ -369,7 +382,8 @@ class CRBR(Recommender):
             index = build_index(self.item_vectors(), "exact")
         kk = per_path_k or k
         flat = index.search(out.queries.reshape(U * B, D).cpu().numpy(), kk)  # one batched call for all paths
-        per_path = [type(flat)(flat.scores.reshape(U, B, -1)[:, b], flat.ids.reshape(U, B, -1)[:, b]) for b in range(B)]
+        sc = flat.scores.reshape(U, B, -1) + self.path_offsets(out).cpu().numpy()[:, :, None]
+        per_path = [type(flat)(sc[:, b], flat.ids.reshape(U, B, -1)[:, b]) for b in range(B)]
         merged = merge_results(per_path, k, quota)
         return PathRetrieval(merged.ids, merged.scores, merged.sources.astype(np.int64), out)
 
