@@ -5,7 +5,7 @@ usage: python benchmarks/crbr_beams.py RUN_DIR [RUN_DIR ...] [--beams 1 4 16 64]
 
 Each RUN_DIR is a CRBR run (runs/bench_crbr/synthetic/crbr or crbr_<tag>). Its best checkpoint is
 evaluated on the test split with full ranking over the whole catalogue (history not masked, as
-bench_crbr.py does on synthetic data). Rows:
+bench_crbr.py does on synthetic data), with the global top-B beam and no per-path quota. Rows:
 
 - Retrieval A: the frozen base's own user vector q_A (what CRBR routes from and is compared to);
 - RQ(q_A): q_A quantized greedily, layer by layer, onto CRBR's learned codebooks (nearest code to
@@ -84,6 +84,7 @@ def main() -> None:
     for run in map(Path, args.runs):
         m, _ = load_model_from_checkpoint(run / "checkpoints" / "best.safetensors")
         m.eval()
+        m.config.merge_quota, m.config.branching = 0, "global"  # whatever the run was evaluated with
         V = m.item_vectors()
         tau = m.config.nce_temperature
         ev = build_evaluator(ds, split, "test", EvalConfig(mask_history=False, batch_size=256), m.config.max_len, counts)
