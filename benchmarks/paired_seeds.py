@@ -8,7 +8,7 @@ backbone seed), its standard error, a two-sided 95% t-interval, and how many see
 
 usage:
   python benchmarks/paired_seeds.py --out /path/to/bench_residual --runs sasrec residual residual_warm \
-      --baseline sasrec [--metric NDCG@10] [--results-md benchmarks/RESULTS.md --section NAME --title TITLE]
+      g0=/path/to/sweep_g0/residual --baseline sasrec [--split valid] [--metric NDCG@10] [--results-md benchmarks/RESULTS.md --section NAME --title TITLE]
 """
 
 from __future__ import annotations
@@ -34,12 +34,15 @@ def t975(df: int) -> float:
 
 
 def load(out: Path, runs: list[str], metric: str, split: str = "test") -> dict[str, dict[int, float]]:
-    """{run: {seed: metric}} for every finished run directory OUT/<run>_s<seed>."""
+    """{run: {seed: metric}} for every finished run directory OUT/<run>_s<seed>; a run given as
+    LABEL=PREFIX reads PREFIX_s<seed> instead (PREFIX = a path, e.g. /runs/sweep_a/residual)."""
     res: dict[str, dict[int, float]] = {}
-    for name in runs:
+    for spec in runs:
+        name, prefix = spec.split("=", 1) if "=" in spec else (spec, str(out / spec))
+        folder, stem = Path(prefix).parent, Path(prefix).name
         res[name] = {}
-        for d in out.glob(f"{name}_s*"):
-            m = re.fullmatch(rf"{re.escape(name)}_s(\d+)", d.name)
+        for d in folder.glob(f"{stem}_s*"):
+            m = re.fullmatch(rf"{re.escape(stem)}_s(\d+)", d.name)
             f = d / "results.json"
             if m and f.exists():
                 r = json.loads(f.read_text())
@@ -60,13 +63,13 @@ def paired(base: list[float], other: list[float]) -> dict[str, float]:
             "wins": sum(x > 0 for x in d), "losses": sum(x < 0 for x in d)}
 
 
-def report(res: dict[str, dict[int, float]], baseline: str, metric: str) -> tuple[str, list[int]]:
+def report(res: dict[str, dict[int, float]], baseline: str, metric: str, split: str = "test") -> tuple[str, list[int]]:
     seeds = sorted(set.intersection(*(set(v) for v in res.values())))
     if len(seeds) < 2:
         sys.exit(f"need >= 2 seeds that every run has; found {seeds}")
     base = [res[baseline][s] for s in seeds]
     bmean = statistics.mean(base)
-    lines = [f"| run | test {metric} mean ± sd over seeds | difference to {baseline} (paired, mean ± se) | "
+    lines = [f"| run | {split} {metric} mean ± sd over seeds | difference to {baseline} (paired, mean ± se) | "
              "95% interval | relative | seeds won / lost |", "|---|---|---|---|---|---|"]
     for name, vals in res.items():
         v = [vals[s] for s in seeds]
@@ -83,18 +86,21 @@ def report(res: dict[str, dict[int, float]], baseline: str, metric: str) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="folder holding <run>_s<seed>/results.json")
-    ap.add_argument("--runs", nargs="+", required=True)
+    ap.add_argument("--runs", nargs="+", required=True,
+                    help="run names (OUT/<run>_s<seed>) or LABEL=PREFIX for runs elsewhere (PREFIX_s<seed>)")
     ap.add_argument("--baseline", default=None, help="default: the first of --runs")
     ap.add_argument("--metric", default="NDCG@10")
+    ap.add_argument("--split", default="test", choices=["test", "valid"])
     ap.add_argument("--results-md", default="", help="write the table into this file's section (default: print only)")
     ap.add_argument("--section", default="paired_seeds")
     ap.add_argument("--title", default="Paired seed comparison (benchmarks/paired_seeds.py)")
     args = ap.parse_args()
-    baseline = args.baseline or args.runs[0]
-    if baseline not in args.runs:
+    labels = [r.split("=", 1)[0] for r in args.runs]
+    baseline = args.baseline or labels[0]
+    if baseline not in labels:
         sys.exit(f"--baseline {baseline} is not among --runs")
-    res = load(Path(args.out), args.runs, args.metric)
-    table, seeds = report(res, baseline, args.metric)
+    res = load(Path(args.out), args.runs, args.metric, args.split)
+    table, seeds = report(res, baseline, args.metric, args.split)
     head = (f"`python benchmarks/paired_seeds.py {' '.join(sys.argv[1:])}`; machine: {machine_line()}. "
             f"Seeds present in every run: {', '.join(map(str, seeds))} ({len(seeds)}); differences are paired by seed, "
             "interval = mean ± t(0.975, n-1) x se.")

@@ -39,3 +39,18 @@ def test_paired_difference_interval_and_shared_seeds(tmp_path):
     assert (p["wins"], p["losses"]) == (3, 0)
     assert "| new | 0.2200 ± 0.1054 | +0.0200 ± 0.0058 | [-0.0048, +0.0448] | +10.0% | 3 / 0 |" in table
     assert ps.t975(10) == 2.228 and ps.t975(100) == 1.96
+
+
+def test_runs_from_other_folders_and_the_validation_split(tmp_path):
+    ps = module()
+    for seed, v in ((1, 0.4), (2, 0.6)):
+        d = tmp_path / "sweep" / f"residual_s{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"test": {"NDCG@10": 0.0}, "valid": {"NDCG@10": v}}))
+        d = tmp_path / "main" / f"sasrec_s{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"test": {"NDCG@10": 0.0}, "valid": {"NDCG@10": 0.5}}))
+    res = ps.load(tmp_path / "main", ["sasrec", f"g0={tmp_path / 'sweep' / 'residual'}"], "NDCG@10", "valid")
+    assert res == {"sasrec": {1: 0.5, 2: 0.5}, "g0": {1: 0.4, 2: 0.6}}
+    table, _ = ps.report(res, "sasrec", "NDCG@10", "valid")
+    assert "valid NDCG@10" in table and "| g0 | 0.5000 ± 0.1414 | +0.0000 ± 0.1000 |" in table
