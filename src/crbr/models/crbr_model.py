@@ -350,9 +350,9 @@ class CRBR(Recommender):
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(U, I) exact reference of path retrieval: each item scored by its best beam,
-        max_b q_b . item + offset_b (merge & sort over full per-path lists; offset: `path_offsets`). With `merge_quota` = m, only the
-        best m items attributed to each beam keep their score; the others rank after them (score
-        - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
+        max_b q_b . item + offset_b (merge & sort over full per-path lists; offset: `path_offsets`).
+        With `merge_quota` = m, only the best m items attributed to each beam keep their score; the
+        others rank after them (score - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
         out = self.beams(batch)
         V = self.item_vectors()
         s_all = torch.einsum("ubd,id->ubi", out.queries, V) + self.path_offsets(out)[:, :, None]  # (U, B, I)
