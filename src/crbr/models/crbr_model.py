@@ -355,7 +355,9 @@ class CRBR(Recommender):
         others rank after them (score - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
         out = self.beams(batch)
         V = self.item_vectors()
-        s_all = torch.einsum("ubd,id->ubi", out.queries, V) + self.path_offsets(out)[:, :, None]  # (U, B, I)
+        s_all = torch.einsum("ubd,id->ubi", out.queries, V)  # (U, B, I)
+        if self.config.merge_score == "path":  # (the similarity merge's offsets are zeros: skip the add)
+            s_all = s_all + self.path_offsets(out)[:, :, None]
         s_all[:, :, 0] = float("-inf")
         s, src = s_all.max(1)  # (U, I) best score, attributed beam (ties: the earlier beam)
         m = self.config.merge_quota
