@@ -18,17 +18,17 @@ from crbr.train.checkpoint import load_model_from_checkpoint, save_weights
 torch.set_num_threads(1)
 
 
-def tiny(sizes=(3, 4, 2), d=8, beam=4) -> CRBR:
+def tiny(sizes=(3, 4, 2), d=8, beam=4, start="zero") -> CRBR:
     torch.manual_seed(0)
     base = dict(n_items=30, tower=dict(n_items=30, hidden=8, n_queries=2, n_layers=1, n_heads=1), hidden=8, out_dim=d, n_heads=1, set_blocks=1)
-    m = CRBR(CRBRConfig(n_items=30, base=base, codebook_sizes=list(sizes), router_hidden=16, beam=beam)).eval()
+    m = CRBR(CRBRConfig(n_items=30, base=base, codebook_sizes=list(sizes), router_hidden=16, beam=beam, start=start)).eval()
     for blk in m.blocks:  # spread codes so that path scores differ clearly
         blk.codebook.data.normal_(0, 1)
     return m
 
 
 def path_logprob(m: CRBR, ctx: torch.Tensor, path) -> tuple[float, torch.Tensor]:
-    v = torch.zeros_like(ctx)
+    v = ctx.clone() if m.config.start == "context" else torch.zeros_like(ctx)
     s = 0.0
     for blk, j in zip(m.blocks, path):
         s += float(F.log_softmax(blk.logits(ctx, v), -1)[j].detach())
@@ -36,8 +36,9 @@ def path_logprob(m: CRBR, ctx: torch.Tensor, path) -> tuple[float, torch.Tensor]
     return s, F.normalize(v, dim=-1)
 
 
-def test_beam_search_with_full_width_equals_exhaustive_enumeration():
-    m = tiny()
+@pytest.mark.parametrize("start", ["zero", "context"])
+def test_beam_search_with_full_width_equals_exhaustive_enumeration(start):
+    m = tiny(start=start)
     ctx = torch.randn(3, 8)
     n_paths = 3 * 4 * 2
     out = m.beam_search(ctx, beam=n_paths)
@@ -102,6 +103,38 @@ def test_gumbel_training_reaches_codebooks_and_routers():
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in blk.mlp.parameters())
     assert all(torch.allclose(p.sum(-1), torch.ones(16)) for p in pis)
     assert not any(p.requires_grad for p in m.base.parameters())
+
+
+def test_context_start_with_zero_codes_is_retrieval_a():
+    """start="context": v(0) = Q, so with every code at zero each path's query is Retrieval A's user
+    vector, path retrieval returns Retrieval A's exact top-k, and a soft training path is Q too;
+    with codes the queries move off Q (they are not confined to sums of codes)."""
+    world = generate(SyntheticConfig.tiny(seed=2, n_users=40))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=2, n_layers=1, n_heads=1, max_len=16),
+                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
+    torch.manual_seed(0)
+    m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 3], beam=3,
+                        start="context")).eval()
+    users = np.arange(ds.n_users)
+    b = history_batch(ds, users, split.test.hist_len, 16)
+    with torch.no_grad():
+        q_a = m.base.user_vectors(b)  # (U, D) Retrieval A's query
+        moved = m.beams(b).queries
+        for blk in m.blocks:
+            blk.codebook.zero_()
+        out = m.beams(b)
+        torch.testing.assert_close(out.queries, q_a[:, None, :].expand_as(out.queries))
+        assert not torch.allclose(moved, out.queries)
+        q_soft, _, _ = m.soft_path(m.context(b), tau=0.5)
+        torch.testing.assert_close(q_soft, q_a)
+        got = m.retrieve(b, k=10)
+        ref = (q_a @ m.item_vectors()[1:].T).topk(10, dim=1)
+    np.testing.assert_array_equal(got.ids, ref.indices.numpy() + 1)
+    np.testing.assert_allclose(got.scores, ref.values.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="start"):
+        CRBRConfig(start="item")
 
 
 def test_train_context_pool_fine_tunes_only_retrieval_as_pooling_head():

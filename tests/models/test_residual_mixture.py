@@ -113,6 +113,33 @@ def test_gate_initial_value_and_router_starts_uniform():
     assert "gate" not in dict(fixed.named_parameters()) and float(fixed.gate_value()) == pytest.approx(0.2)
 
 
+def test_gate_lr_scale_puts_the_gate_in_its_own_slower_adam_group():
+    """gate_lr_scale: the optimizer the trainer and the federated clients build gives the gate
+    lr x scale; one Adam step moves the gate by that rate (Adam's first step is lr x sign(grad))
+    and every other parameter by at most the full rate."""
+    from crbr.train.loop import build_optimizer
+
+    m = make(gate_lr_scale=0.1).train()
+    assert m.lr_scales() == {"gate": 0.1}
+    opt = build_optimizer(m, lr=1e-2)
+    gate_groups = [g for g in opt.param_groups if any(p is m.gate for p in g["params"])]
+    assert len(gate_groups) == 1 and gate_groups[0]["params"] == [m.gate]
+    assert gate_groups[0]["lr"] == pytest.approx(1e-3) and gate_groups[0]["lr_scale"] == 0.1
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(m.parameters()))
+    b = batch()
+    b["targets"] = torch.roll(b["items"], -1, 1) * (b["items"] > 0)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    m.loss(b).loss.backward()
+    opt.step()
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in m.named_parameters()}
+    assert moved["gate"] == pytest.approx(1e-3, rel=1e-3)
+    assert max(moved.values()) == pytest.approx(1e-2, rel=1e-3)
+    assert make().lr_scales() == {} and make("competitive", gate_lr_scale=0.1).lr_scales() == {}
+    assert make(learn_gate=False, gate_lr_scale=0.1).lr_scales() == {}  # a fixed gate is not trained
+    with pytest.raises(ValueError, match="gate_lr_scale"):
+        make(gate_lr_scale=0.0)
+
+
 def test_balance_loss_is_minimal_at_uniform_usage():
     assert float(balance_loss(torch.tensor([0.5, 0.5]))) == 0.0
     assert float(balance_loss(torch.full((3,), 1 / 3))) == pytest.approx(0.0, abs=1e-12)

@@ -17,7 +17,7 @@ from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.eval.evaluator import Evaluator
 from crbr.models import build_model
 from crbr.train.checkpoint import load_model_from_checkpoint, load_state
-from crbr.train.loop import Trainer
+from crbr.train.loop import Trainer, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,6 +163,28 @@ def test_learning_rate_decays_on_a_validation_plateau(world, tmp_path):
     assert lrs == pytest.approx([1e-9, 1e-9, 5e-10, 5e-10, 3e-10, 3e-10])
     with pytest.raises(ValueError, match="lr_decay"):
         cfg(tmp_path, lr_decay=0.0)
+
+
+def test_optimizer_groups_follow_the_models_lr_scales():
+    """build_optimizer: one group as Adam(model.parameters()) without multipliers; with them, the
+    named parameters train at lr x multiplier; a name the model lacks is an error naming it."""
+    class Two(torch.nn.Module):
+        def __init__(self, scales):
+            super().__init__()
+            self.a, self.b, self.scales = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.zeros(())), scales
+
+        def lr_scales(self):
+            return self.scales
+
+    plain = build_optimizer(Two({}), 1e-3)
+    assert len(plain.param_groups) == 1 and plain.param_groups[0]["lr"] == 1e-3
+    m = Two({"b": 0.25, "a.bias": 0.25})
+    opt = build_optimizer(m, 1e-3, weight_decay=0.1)
+    by_lr = {g["lr"]: [id(p) for p in g["params"]] for g in opt.param_groups}
+    assert by_lr == {1e-3: [id(m.a.weight)], 2.5e-4: [id(m.b), id(m.a.bias)]}  # named_parameters order
+    assert all(g["weight_decay"] == 0.1 for g in opt.param_groups)
+    with pytest.raises(KeyError, match="'c'"):
+        build_optimizer(Two({"c": 0.5}), 1e-3)
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from ..data.batching import TrainUsers
 from ..data.dataset import SequenceDataset, Split
-from ..train.loop import finite_loss
+from ..train.loop import build_optimizer, finite_loss
 from .config import FederatedConfig
 from .params import group_keys, load_record, to_record
 from .partition import client_split, partition_users
@@ -105,7 +105,7 @@ def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batc
                 opt_state: ArrayRecord | None = None, lr: float | None = None) -> tuple[float, int, torch.optim.Adam]:
     """`epochs` passes of Adam over `users`, the optimizer restored from `opt_state` if given
     (else fresh); (mean loss, #targets per epoch, optimizer)."""
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr if lr is None else lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+    opt = build_optimizer(model, tc.lr if lr is None else lr, tc.beta2, tc.weight_decay)
     if opt_state is not None:
         adam_state_from_record(opt, model, opt_state)
     model.train()

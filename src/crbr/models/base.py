@@ -41,6 +41,11 @@ class Recommender(torch.nn.Module, abc.ABC):
         out = self.loss(batch)
         return out.loss, out.logs
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (from `named_parameters`); parameters not
+        named here train at the run's learning rate. Default: none."""
+        return {}
+
     @abc.abstractmethod
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         """Training objective on a batch from `crbr.data.batching.train_batch`."""

@@ -21,6 +21,12 @@ search per path through the common index interface, then merge & sort (union, du
 removed keeping the best score, optional per-path quota); every item keeps the path that found
 it. Everything is batched over users and beams (no Python loop over either).
 
+`start="context"` (an option beyond the seed, whose v(0) = 0): every path starts at Retrieval A's
+own query, v(0) = Q, so the codes are residual corrections of that query rather than its
+replacement. A path's query is then no longer confined to the lattice of code sums (the seed's
+q = v(L) / ||v(L)|| is: its best path has cosine ~0.73-0.78 with Q on the synthetic world), and
+with the codebooks at zero every path is exactly Retrieval A's query.
+
 Q and the item vectors come from a trained Retrieval A checkpoint (`base_checkpoint`): Q is its
 pooled Q-Former user vector and the items are its item tower's vectors. The item vectors always
 stay frozen (the ANN index is built once). Q is frozen too by default (`train_context="frozen"`);
@@ -79,6 +85,9 @@ class CRBRConfig:
     logq_correction: bool = True
     cut: str = "random"
     train_context: str = "frozen"  # "frozen": Q as Retrieval A computes it; "pool": fine-tune its pooling head with CRBR's loss
+    # where every path starts: "zero" = v(0) = 0 (the seed: q is a sum of codes); "context" = v(0) = Q, the codes
+    # are residual corrections of Retrieval A's query (layer 1 starts at half item vectors, deeper layers near zero)
+    start: str = "zero"
 
     def __post_init__(self) -> None:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
@@ -94,6 +103,8 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.train_context: expected 'frozen' or 'pool', got {self.train_context!r}")
         if self.merge_score not in ("similarity", "path"):
             raise ValueError(f"CRBRConfig.merge_score: expected 'similarity' or 'path', got {self.merge_score!r}")
+        if self.start not in ("zero", "context"):
+            raise ValueError(f"CRBRConfig.start: expected 'zero' or 'context', got {self.start!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
         if not self.base and self.base_checkpoint:
@@ -163,6 +174,9 @@ class CRBR(Recommender):
                 p.requires_grad_(True)
         D = self.base.config.out_dim
         self.blocks = nn.ModuleList(RoutingBlock(D, D, m, c.router_hidden) for m in c.codebook_sizes)
+        if c.start == "context":  # small residuals (norm ~0.1 per code; layer 1 gets item anchors in attach_data)
+            for blk in self.blocks:
+                blk.codebook.data.mul_(0.25)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("item_logq", torch.full((c.n_items + 1,), -math.log(c.n_items)))
         self._item_category: np.ndarray | None = None  # (I,) primary category, for diagnostics
@@ -189,7 +203,8 @@ class CRBR(Recommender):
             V = self.item_vectors()[1:]
             g = torch.Generator().manual_seed(0)
             pick = torch.randperm(V.shape[0], generator=g)[: self.blocks[0].codebook.shape[0]]
-            self.blocks[0].codebook[: len(pick)] = V[pick]
+            # start="context": half an item vector, a step from Q towards an item region, not a jump onto it
+            self.blocks[0].codebook[: len(pick)] = V[pick] * (0.5 if c.start == "context" else 1.0)
 
     # ------------------------------------------------------------------ frozen base
     def item_vectors(self) -> torch.Tensor:
@@ -210,6 +225,10 @@ class CRBR(Recommender):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_context == "pool"):
             return self.base.pool(tokens)
 
+    def start_vector(self, ctx: torch.Tensor) -> torch.Tensor:
+        """(U, D) v(0): zeros (the seed) or the context Q itself (`start="context"`)."""
+        return ctx if self.config.start == "context" else torch.zeros_like(ctx)
+
     def tau(self) -> float:
         c = self.config
         return max(c.tau_min, c.tau_start * math.exp(-c.tau_decay * float(self.step)))
@@ -217,7 +236,7 @@ class CRBR(Recommender):
     # ------------------------------------------------------------------ training mode
     def soft_path(self, ctx: torch.Tensor, tau: float, hard: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Gumbel-softmax path: q~ (U, D), the states v(l) (U, D) and the selections pi(l) (U, M_l)."""
-        v = torch.zeros_like(ctx)
+        v = self.start_vector(ctx)
         states, pis = [], []
         for blk in self.blocks:
             z = blk.logits(ctx, v)  # (U, M)
@@ -301,7 +320,7 @@ class CRBR(Recommender):
         Returns queries (U, B, D), codes (U, B, L), S (U, B), the states v(l) (U, B, D) and the
         routing distributions of each layer (U * b, M_l)."""
         U, D = ctx.shape
-        v = ctx.new_zeros(U, 1, D)  # one empty path per user
+        v = self.start_vector(ctx)[:, None, :]  # (U, 1, D) one path per user, v(0)
         S = ctx.new_zeros(U, 1)
         codes = torch.zeros(U, 1, 0, dtype=torch.long, device=ctx.device)
         states, probs = [], []

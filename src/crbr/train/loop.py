@@ -89,6 +89,23 @@ def build_evaluator(ds: SequenceDataset, split: Split, which: str, eval_config, 
                      export_k=ec.export_k, split_name=split.name)
 
 
+def build_optimizer(model: torch.nn.Module, lr: float, beta2: float = 0.999, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam over the model's parameters (frozen ones get no gradient, so Adam leaves them be); a
+    model's `lr_scales()` (parameter name -> multiplier) puts those parameters in groups of their
+    own at lr x multiplier. Each group keeps its multiplier as `lr_scale`, so a schedule that
+    changes the rate keeps the ratio. Without multipliers: one group, as `Adam(model.parameters())`."""
+    scales = getattr(model, "lr_scales", dict)()
+    named = list(model.named_parameters())
+    unknown = sorted(set(scales) - {n for n, _ in named})
+    if unknown:
+        raise KeyError(f"lr_scales names parameters the model does not have: {unknown}")
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for n, p in named:
+        groups.setdefault(float(scales.get(n, 1.0)), []).append(p)
+    return torch.optim.Adam([{"params": ps, "lr": lr * s, "lr_scale": s} for s, ps in groups.items()],
+                            lr=lr, betas=(0.9, beta2), weight_decay=weight_decay)
+
+
 def finite_loss(loss: "torch.Tensor | float", where: str) -> float:
     """`loss` (a tensor is read back to the host) as a float; raises, naming `where`, if it is
     not finite. Shared by this loop and the federated clients' local loop."""
@@ -204,7 +221,7 @@ class Trainer:
         users = TrainUsers(self.ds, self.split, self.max_len, stride=stride)
         if len(users) == 0:
             raise ValueError("no user has at least 2 training events: nothing to train on")
-        opt = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=(0.9, tc.beta2), weight_decay=tc.weight_decay)
+        opt = build_optimizer(self.model, tc.lr, tc.beta2, tc.weight_decay)
         net = self.model
         if self.dist.world_size > 1:
             net = DistributedDataParallel(
@@ -305,9 +322,9 @@ class Trainer:
                     bad, bad_lr = bad + 1, bad_lr + 1
                 if tc.lr_decay < 1.0 and bad_lr >= tc.lr_patience:  # decay on a validation plateau
                     for g in opt.param_groups:
-                        g["lr"] = max(g["lr"] * tc.lr_decay, tc.lr_min)
+                        g["lr"] = max(g["lr"] * tc.lr_decay, tc.lr_min * g.get("lr_scale", 1.0))
                     bad_lr = 0
-            row["lr"] = opt.param_groups[0]["lr"]
+            row["lr"] = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)  # the run's rate
             row["elapsed_s"] = time.perf_counter() - t_start
             history.append(row)
 
