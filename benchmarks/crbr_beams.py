@@ -9,7 +9,8 @@ bench_crbr.py does on synthetic data), with the global top-B beam and no per-pat
 
 - Retrieval A: the frozen base's own user vector q_A (what CRBR routes from and is compared to);
 - RQ(q_A): q_A quantized greedily, layer by layer, onto CRBR's learned codebooks (nearest code to
-  the remaining residual): what the codebooks can express of q_A without any router;
+  the remaining residual): what the codebooks can express of q_A without any router (runs with the
+  seed's v(0) = 0 only; with `start="context"` every path starts at q_A);
 - CRBR with B beams under three merge rules over the B paths' queries q_b (unit norm) and path
   scores S_b (sum of log-probabilities), tau = the training InfoNCE temperature:
     similarity score(i) = max_b q_b . i                         (the seed's merge & sort; merge_score="similarity")
@@ -116,9 +117,10 @@ def main() -> None:
             ctx, qa = m.context(hb), q_a(hb)
             rq = F.normalize(greedy_rq(qa, [blk.codebook for blk in m.blocks]), dim=-1)
         rows.append((run.name, "Retrieval A (q_A)", "-", "-", *evaluate(base_scores), 1.0, 1.0))
-        rq_cos = float((rq * qa).sum(-1).mean())
-        rows.append((run.name, "RQ(q_A) on CRBR's codebooks", "-", "-", *evaluate(rq_scores), rq_cos, rq_cos))
-        print(rows[-2], rows[-1], flush=True)
+        if m.config.start == "zero":  # with start="context" the paths start at q_A: nothing to quantize
+            rq_cos = float((rq * qa).sum(-1).mean())
+            rows.append((run.name, "RQ(q_A) on CRBR's codebooks", "-", "-", *evaluate(rq_scores), rq_cos, rq_cos))
+        print(*rows[-2:], flush=True)
         for B in args.beams:
             with torch.no_grad():
                 q, _, _, _, _ = m._beam(ctx, B)
