@@ -1,11 +1,12 @@
 """Where CRBR's recall goes: the beam width, the merge rule and the quantized query, on trained
-checkpoints of the synthetic world of bench_crbr.py.
+checkpoints of bench_crbr.py (the synthetic world by default, or `--dataset ml-1m|Beauty`).
 
-usage: python benchmarks/crbr_beams.py RUN_DIR [RUN_DIR ...] [--beams 1 4 16 64] [--threads 1]
+usage: python benchmarks/crbr_beams.py RUN_DIR [RUN_DIR ...] [--beams 1 4 16 64] [--threads 1] [--dataset ml-1m]
 
 Each RUN_DIR is a CRBR run (runs/bench_crbr/synthetic/crbr or crbr_<tag>). Its best checkpoint is
-evaluated on the test split with full ranking over the whole catalogue (history not masked, as
-bench_crbr.py does on synthetic data), with the global top-B beam and no per-path quota. Rows:
+evaluated on the test split with full ranking over the whole catalogue (history masked on real
+data, not on the synthetic world, as bench_crbr.py does), with the global top-B beam and no
+per-path quota. Rows:
 
 - Retrieval A: the frozen base's own user vector q_A (what CRBR routes from and is compared to);
 - RQ(q_A): q_A quantized greedily, layer by layer, onto CRBR's learned codebooks (nearest code to
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--beams", nargs="+", type=int, default=[1, 4, 16, 64])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "ml-1m", "Beauty"],
+                    help="the runs' dataset (bench_crbr.py's); real data: history masked, interests = history categories")
     ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -74,13 +77,24 @@ def main() -> None:
     from crbr.train.loop import build_evaluator
 
     t0 = time.perf_counter()
-    world = generate(SyntheticConfig(**SYNTHETIC))
-    ds = world.dataset
+    real = args.dataset != "synthetic"
+    if real:
+        from crbr.config import from_dict
+        from crbr.data.prepare import DataConfig, prepare as prepare_data
+        from crbr.eval.interests import history_categories
+
+        ds = prepare_data(from_dict(DataConfig, {"name": args.dataset}))
+    else:
+        world = generate(SyntheticConfig(**SYNTHETIC))
+        ds = world.dataset
     split = leave_one_out(ds)
     es = split.test
     counts = train_item_counts(ds, split)
-    o = world.interest_offsets
-    multi = np.array([len(set(world.interest_categories[o[u]:o[u + 1]].tolist())) >= 3 for u in es.users])
+    if real:  # as bench_crbr.py: a user's interests are the categories of the visible history
+        multi = np.array([len(c) >= 3 for c in history_categories(ds, es.users, es.hist_len)])
+    else:
+        o = world.interest_offsets
+        multi = np.array([len(set(world.interest_categories[o[u]:o[u + 1]].tolist())) >= 3 for u in es.users])
     rows, protocol = [], ""
     for run in map(Path, args.runs):
         m, _ = load_model_from_checkpoint(run / "checkpoints" / "best.safetensors")
@@ -88,7 +102,7 @@ def main() -> None:
         m.config.merge_quota, m.config.branching = 0, "global"  # whatever the run was evaluated with
         V = m.item_vectors()
         tau = m.config.nce_temperature
-        ev = build_evaluator(ds, split, "test", EvalConfig(mask_history=False, batch_size=256), m.config.max_len, counts)
+        ev = build_evaluator(ds, split, "test", EvalConfig(mask_history=real, batch_size=256), m.config.max_len, counts)
 
         def evaluate(fn) -> tuple[float, float]:
             nonlocal protocol
@@ -139,8 +153,8 @@ def main() -> None:
     lines = [
         f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/crbr_beams.py {' '.join(sys.argv[1:])}` "
         f"({(time.perf_counter() - t0) / 60:.0f} min); machine: {machine_line()}; {args.threads} thread(s).",
-        f"Dataset: synthetic ({SYNTHETIC}); protocol: {protocol}. Multi-interest users: {int(multi.sum())} of "
-        f"{len(multi)} test users with >= 3 true interests.",
+        f"Dataset: {args.dataset}{'' if real else f' ({SYNTHETIC})'}; protocol: {protocol}. Multi-interest users: "
+        f"{int(multi.sum())} of {len(multi)} test users with >= 3 {'history categories' if real else 'true interests'}.",
         "",
         "| run | retriever | B | merge | Recall@50 | Recall@50 (>=3) | cos(best path, q_A) | max cos over beam |",
         "|---|---|---|---|---|---|---|---|",
