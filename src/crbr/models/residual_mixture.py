@@ -282,10 +282,11 @@ class ResidualMixture(Recommender):
             groups[key].append(n)
         return groups
 
-    # ------------------------------------------------------------------ encoder
     def lr_scales(self) -> dict[str, float]:
+        """The learned gate's learning-rate multiplier (`gate_lr_scale`), for the optimizer."""
         return {"gate": self.config.gate_lr_scale} if self.gate is not None and self.config.gate_lr_scale != 1.0 else {}
 
+    # ------------------------------------------------------------------ encoder
     def gate_value(self) -> torch.Tensor:
         return self.gate if self.gate is not None else self.fixed_gate
 
