@@ -206,6 +206,8 @@ def main() -> None:
             ts.append(time.perf_counter() - t0)
         lat[name] = float(np.median(ts))
     print("latency (s, 1024 users):", lat, flush=True)
+    dead, ppl = code_usage(cr, ds, es)
+    print("dead codes per layer:", dead, "perplexity:", ppl, flush=True)
 
     label = {"sasrec": "SASRec", "qformer": "Q-Former max-sim", "two_tower": "Retrieval A (SAB+PMA)", "crbr": "CRBR (B=4)",
              "crbr_quota": f"CRBR (B=4), at most {quota} per path"}
@@ -238,6 +240,10 @@ def main() -> None:
         f">=3-interest users {table[n]['Recall@50_multi'] / max(a['Recall@50_multi'], 1e-12):.2f}x; "
         f"coverage@50 (>=3): {table[n]['cov@50_multi']:.3f} vs Retrieval A {a['cov@50_multi']:.3f}."
         for n in ("crbr", "crbr_quota")
+    ] + [
+        f"Code usage over the B = {cr.config.beam} beams of all {len(es)} test users, layer by layer: dead codes "
+        + " / ".join(f"{d:.0%}" for d in dead) + " (bar <= 10%), perplexity " + " / ".join(f"{x:.1f}" for x in ppl)
+        + " of " + " / ".join(str(b.codebook.shape[0]) for b in cr.blocks) + " codes."
     ]
     section = "\n".join(lines)
     print(section)
@@ -247,6 +253,26 @@ def main() -> None:
                       f"CRBR vs Retrieval A vs SASRec on {args.dataset}"
                       + (f", last {args.split_k} events as targets" if args.split_k > 1 else "") + " (benchmarks/bench_crbr.py)")
     (out / f"bench{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
+
+
+def code_usage(m, ds, es, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per routing layer, over the beams of every test user: the share of codes no beam uses and
+    the perplexity of the code distribution."""
+    from crbr.data.batching import history_batch
+
+    codes = []
+    with torch.no_grad():
+        for s in range(0, len(es), chunk):
+            sl = slice(s, s + chunk)
+            codes.append(m.beams(history_batch(ds, es.users[sl], es.hist_len[sl], m.config.max_len)).codes)
+    codes = torch.cat(codes)  # (U, B, L)
+    dead, ppl = [], []
+    for l, blk in enumerate(m.blocks):
+        cnt = torch.bincount(codes[:, :, l].reshape(-1), minlength=blk.codebook.shape[0]).double()
+        p = cnt[cnt > 0] / cnt.sum()
+        dead.append(float((cnt == 0).double().mean()))
+        ppl.append(float(torch.exp(-(p * p.log()).sum())))
+    return dead, ppl
 
 
 def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:
