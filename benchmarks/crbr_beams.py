@@ -128,7 +128,7 @@ def main() -> None:
 
         with torch.no_grad():
             hb = history_batch(ds, es.users, es.hist_len, m.config.max_len)
-            ctx, qa = m.context(hb), q_a(hb)
+            (ctx, mem), qa = m.routing_inputs(hb), q_a(hb)
             rq = F.normalize(greedy_rq(qa, [blk.codebook for blk in m.blocks]), dim=-1)
         rows.append((run.name, "Retrieval A (q_A)", "-", "-", *evaluate(base_scores), 1.0, 1.0))
         if m.config.start == "zero":  # with start="context" the paths start at q_A: nothing to quantize
@@ -137,12 +137,13 @@ def main() -> None:
         print(*rows[-2:], flush=True)
         for B in args.beams:
             with torch.no_grad():
-                q, _, _, _, _ = m._beam(ctx, B)
+                q, _, _, _, _ = m._beam(ctx, B, memory=mem)
             cos = (q * qa[:, None]).sum(-1)  # (U, B)
             for rule in ("similarity", "path", "mixture"):
                 def fn(b, B=B, rule=rule):
                     if rule == "mixture":
-                        qb, _, S, _, _ = m._beam(m.context(b), B)
+                        c_b, mem_b = m.routing_inputs(b)
+                        qb, _, S, _, _ = m._beam(c_b, B, memory=mem_b)
                         return mixture_scores(qb, S, V, tau)
                     m.config.beam, m.config.merge_score = B, rule  # the library's merge & sort (exact reference)
                     return m.score(b)

@@ -18,37 +18,46 @@ from crbr.train.checkpoint import load_model_from_checkpoint, save_weights
 torch.set_num_threads(1)
 
 
-def tiny(sizes=(3, 4, 2), d=8, beam=4, start="zero") -> CRBR:
+def tiny(sizes=(3, 4, 2), d=8, beam=4, start="zero", route_on="pooled") -> CRBR:
     torch.manual_seed(0)
     base = dict(n_items=30, tower=dict(n_items=30, hidden=8, n_queries=2, n_layers=1, n_heads=1), hidden=8, out_dim=d, n_heads=1, set_blocks=1)
-    m = CRBR(CRBRConfig(n_items=30, base=base, codebook_sizes=list(sizes), router_hidden=16, beam=beam, start=start)).eval()
+    m = CRBR(CRBRConfig(n_items=30, base=base, codebook_sizes=list(sizes), router_hidden=16, beam=beam, start=start,
+                        route_on=route_on)).eval()
     for blk in m.blocks:  # spread codes so that path scores differ clearly
         blk.codebook.data.normal_(0, 1)
     return m
 
 
-def path_logprob(m: CRBR, ctx: torch.Tensor, path) -> tuple[float, torch.Tensor]:
+def path_logprob(m: CRBR, ctx: torch.Tensor, path, memory: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """One user's path, one path at a time: ctx (D,), memory (T, Dm) or None."""
     v = ctx.clone() if m.config.start == "context" else torch.zeros_like(ctx)
     s = 0.0
     for blk, j in zip(m.blocks, path):
-        s += float(F.log_softmax(blk.logits(ctx, v), -1)[j].detach())
+        z = blk.logits(ctx[None], v[None], None if memory is None else memory[None])[0]
+        s += float(F.log_softmax(z, -1)[j].detach())
         v = v + blk.codebook[j]
     return s, F.normalize(v, dim=-1)
 
 
-@pytest.mark.parametrize("start", ["zero", "context"])
-def test_beam_search_with_full_width_equals_exhaustive_enumeration(start):
-    m = tiny(start=start)
+@pytest.mark.parametrize("start, route_on", [("zero", "pooled"), ("context", "pooled"), ("zero", "tokens"), ("context", "tokens")])
+def test_beam_search_with_full_width_equals_exhaustive_enumeration(start, route_on):
+    """The batched beam (all users and paths at once; with route_on="tokens" every path reads the
+    token set with its own query) equals scoring each path alone."""
+    m = tiny(start=start, route_on=route_on)
     ctx = torch.randn(3, 8)
+    mem = torch.randn(3, 5, 8) if route_on == "tokens" else None
     n_paths = 3 * 4 * 2
-    out = m.beam_search(ctx, beam=n_paths)
+    out = m.beam_search(ctx, beam=n_paths, memory=mem)
     for u in range(3):
-        ref = sorted(((path_logprob(m, ctx[u], p)[0], p) for p in itertools.product(range(3), range(4), range(2))), reverse=True)
+        mu = None if mem is None else mem[u]
+        ref = sorted(((path_logprob(m, ctx[u], p, mu)[0], p) for p in itertools.product(range(3), range(4), range(2))), reverse=True)
         got = [(float(s), tuple(c)) for s, c in zip(out.scores[u], out.codes[u].tolist())]
         assert [p for _, p in ref] == [p for _, p in got]
         np.testing.assert_allclose([s for s, _ in ref], [s for s, _ in got], rtol=1e-5, atol=1e-5)
         for b, p in enumerate(out.codes[u].tolist()):  # the query of each path is its normalized sum of codes
-            torch.testing.assert_close(out.queries[u, b], path_logprob(m, ctx[u], p)[1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out.queries[u, b], path_logprob(m, ctx[u], p, mu)[1], atol=1e-5, rtol=1e-5)
+    if mem is not None:  # the token read matters: another token set, another routing
+        assert not torch.allclose(m.beam_search(ctx, beam=n_paths, memory=mem.flip(1) * 2).scores, out.scores)
 
 
 @pytest.mark.parametrize("beam", [1, 2, 3, 5])
@@ -135,6 +144,33 @@ def test_context_start_with_zero_codes_is_retrieval_a():
     np.testing.assert_allclose(got.scores, ref.values.numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="start"):
         CRBRConfig(start="item")
+
+
+def test_token_routing_trains_its_reads_and_retrieves():
+    """route_on="tokens": the loss reaches every block's token read, the routing inputs are
+    Retrieval A's pooled Q (unchanged) and the token set it pools from, and scoring runs."""
+    world = generate(SyntheticConfig.tiny(seed=2, n_users=60))
+    ds = world.dataset
+    split = leave_one_out(ds)
+    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=3, n_layers=1, n_heads=1, max_len=16),
+                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
+    torch.manual_seed(0)
+    m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 4], n_negatives=8,
+                        route_on="tokens", start="context")).train()
+    users = np.arange(20)
+    m.loss(train_batch(ds, users, split.train_len[users], 16)).loss.backward()
+    for blk in m.blocks:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in blk.read.parameters())
+    m.eval()
+    b = history_batch(ds, users, split.test.hist_len[users], 16)
+    with torch.no_grad():
+        ctx, mem = m.routing_inputs(b)
+        torch.testing.assert_close(ctx, m.base.user_vectors(b))
+        assert mem.shape == (20, 3, 8)
+        s = m.score(b)
+    assert s.shape == (20, ds.n_items + 1) and torch.isneginf(s[:, 0]).all()
+    with pytest.raises(ValueError, match="route_on"):
+        CRBRConfig(route_on="items")
 
 
 def test_train_context_pool_fine_tunes_only_retrieval_as_pooling_head():

@@ -27,6 +27,11 @@ replacement. A path's query is then no longer confined to the lattice of code su
 q = v(L) / ||v(L)|| is: its best path has cosine ~0.73-0.78 with Q on the synthetic world), and
 with the codebooks at zero every path is exactly Retrieval A's query.
 
+`route_on="tokens"` (also beyond the seed): each routing block also reads the token set H that
+Retrieval A's pooling reads (its set blocks' outputs, (U, M, D_h)): the path's own [Q; v] asks a
+query of it, a = softmax(H W_k (W_q [Q; v]) / sqrt(D_h)) H, and the routing MLP reads concat(Q, v, a).
+Paths in different states can then read different tokens (interests) instead of one pooled Q.
+
 Q and the item vectors come from a trained Retrieval A checkpoint (`base_checkpoint`): Q is its
 pooled Q-Former user vector and the items are its item tower's vectors. The item vectors always
 stay frozen (the ANN index is built once). Q is frozen too by default (`train_context="frozen"`);
@@ -88,6 +93,9 @@ class CRBRConfig:
     # where every path starts: "zero" = v(0) = 0 (the seed: q is a sum of codes); "context" = v(0) = Q, the codes
     # are residual corrections of Retrieval A's query (layer 1 starts at half item vectors, deeper layers near zero)
     start: str = "zero"
+    # what the routing MLPs read: "pooled" = concat(Q, v) (the seed); "tokens" = concat(Q, v, a), a = the
+    # path's attention read of the token set Retrieval A pools (different paths can read different interests)
+    route_on: str = "pooled"
 
     def __post_init__(self) -> None:
         if not self.codebook_sizes or min(self.codebook_sizes) < 1:
@@ -103,6 +111,8 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.train_context: expected 'frozen' or 'pool', got {self.train_context!r}")
         if self.merge_score not in ("similarity", "path"):
             raise ValueError(f"CRBRConfig.merge_score: expected 'similarity' or 'path', got {self.merge_score!r}")
+        if self.route_on not in ("pooled", "tokens"):
+            raise ValueError(f"CRBRConfig.route_on: expected 'pooled' or 'tokens', got {self.route_on!r}")
         if self.start not in ("zero", "context"):
             raise ValueError(f"CRBRConfig.start: expected 'zero' or 'context', got {self.start!r}")
         if self.align not in ("all", "last"):
@@ -143,17 +153,26 @@ class PathRetrieval:
 
 
 class RoutingBlock(nn.Module):
-    """One layer: codebook C (M, D) and routing MLP f: concat(Q, v) (2D) -> h (D); z = h . C^T."""
+    """One layer: codebook C (M, D) and routing MLP f: concat(Q, v) (2D) -> h (D); z = h . C^T.
+    With `d_mem` > 0 the MLP also reads a = attention of the query W_q [Q; v] over a token set."""
 
-    def __init__(self, d_ctx: int, d: int, m: int, hidden: int):
+    def __init__(self, d_ctx: int, d: int, m: int, hidden: int, d_mem: int = 0):
         super().__init__()
         self.codebook = nn.Parameter(torch.randn(m, d) * 0.05)
-        self.mlp = nn.Sequential(nn.Linear(d_ctx + d, hidden), nn.ReLU(), nn.Linear(hidden, d))
+        self.read = nn.Linear(d_ctx + d, d_mem) if d_mem else None  # the path's query of the token set
+        self.mlp = nn.Sequential(nn.Linear(d_ctx + d + d_mem, hidden), nn.ReLU(), nn.Linear(hidden, d))
 
-    def logits(self, ctx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # ctx: (..., Dq) broadcast to v's leading shape; v: (..., D) -> z: (..., M)
+    def logits(self, ctx: torch.Tensor, v: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        # ctx: (U, Dq) or (U, 1, Dq), broadcast to v's leading shape; v: (U, D) or (U, b, D);
+        # memory: (U, T, Dm) token set (route_on="tokens") -> z: v's leading shape x M
         ctx = ctx.expand(*v.shape[:-1], ctx.shape[-1])
-        return self.mlp(torch.cat([ctx, v], -1)) @ self.codebook.T
+        x = torch.cat([ctx, v], -1)
+        if self.read is not None:
+            U, T, Dm = memory.shape
+            q = self.read(x).reshape(U, -1, Dm)  # (U, n, Dm), n = paths per user
+            att = torch.softmax(q @ memory.transpose(1, 2) / math.sqrt(Dm), -1)  # (U, n, T)
+            x = torch.cat([x, (att @ memory).reshape(*x.shape[:-1], Dm)], -1)
+        return self.mlp(x) @ self.codebook.T
 
 
 class CRBR(Recommender):
@@ -173,7 +192,8 @@ class CRBR(Recommender):
             for p in self.context_head_parameters():
                 p.requires_grad_(True)
         D = self.base.config.out_dim
-        self.blocks = nn.ModuleList(RoutingBlock(D, D, m, c.router_hidden) for m in c.codebook_sizes)
+        d_mem = self.base.config.hidden if c.route_on == "tokens" else 0
+        self.blocks = nn.ModuleList(RoutingBlock(D, D, m, c.router_hidden, d_mem) for m in c.codebook_sizes)
         if c.start == "context":  # small residuals (norm ~0.1 per code; layer 1 gets item anchors in attach_data)
             for blk in self.blocks:
                 blk.codebook.data.mul_(0.25)
@@ -220,10 +240,16 @@ class CRBR(Recommender):
 
     def context(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None) -> torch.Tensor:
         """(U, D) user context Q: the base's pooled Q-Former user vector."""
+        return self.routing_inputs(batch, visible)[0]
+
+    def routing_inputs(self, batch: dict[str, torch.Tensor],
+                       visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q (U, D) and, with route_on="tokens", the token set H (U, M, D_h) Retrieval A pools Q from."""
         with torch.no_grad():
             tokens = self.base.tokens(batch, visible)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_context == "pool"):
-            return self.base.pool(tokens)
+            memory = self.base.pool_memory(tokens)
+            return self.base.pool(tokens, memory), (memory if self.config.route_on == "tokens" else None)
 
     def start_vector(self, ctx: torch.Tensor) -> torch.Tensor:
         """(U, D) v(0): zeros (the seed) or the context Q itself (`start="context"`)."""
@@ -234,12 +260,13 @@ class CRBR(Recommender):
         return max(c.tau_min, c.tau_start * math.exp(-c.tau_decay * float(self.step)))
 
     # ------------------------------------------------------------------ training mode
-    def soft_path(self, ctx: torch.Tensor, tau: float, hard: bool = False) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def soft_path(self, ctx: torch.Tensor, tau: float, hard: bool = False,
+                  memory: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Gumbel-softmax path: q~ (U, D), the states v(l) (U, D) and the selections pi(l) (U, M_l)."""
         v = self.start_vector(ctx)
         states, pis = [], []
         for blk in self.blocks:
-            z = blk.logits(ctx, v)  # (U, M)
+            z = blk.logits(ctx, v, memory)  # (U, M)
             pi = F.gumbel_softmax(z, tau=tau, hard=hard, dim=-1)  # softmax((z + g) / tau)
             v = v + pi @ blk.codebook  # soft residual r = sum_j pi_j c_j
             states.append(v)
@@ -255,18 +282,20 @@ class CRBR(Recommender):
         keep = pos > 0
         if c.train_future > 1:
             pos = future_targets(batch["targets"], cut, c.train_future)  # (B, k)
-        ctx = self.context(batch, visible)[keep]
+        ctx, memory = self.routing_inputs(batch, visible)
+        ctx, memory = ctx[keep], (memory[keep] if memory is not None else None)
         pos = pos[keep].reshape(int(keep.sum()), -1)  # (U, k), 0 = none
         tau = self.tau()
         U, P = ctx.shape[0], c.train_paths
         if c.path_sampling == "beam" and P > 1:
             # P hard paths from a Gumbel-perturbed beam search; mixture weights = the routing's
             # path probabilities renormalized over the beam
-            q, _, S, states, pis = self._beam(ctx, P, noise=True)  # (U, P, D), S (U, P)
+            q, _, S, states, pis = self._beam(ctx, P, noise=True, memory=memory)  # (U, P, D), S (U, P)
             q, states = q.reshape(U * P, -1), [v.reshape(U * P, -1) for v in states]
             log_w = torch.log_softmax(S, 1)
         else:
-            q, states, pis = self.soft_path(ctx.repeat_interleave(P, 0), tau, hard=c.gumbel_hard)  # (U*P, D)
+            mem = memory.repeat_interleave(P, 0) if memory is not None else None
+            q, states, pis = self.soft_path(ctx.repeat_interleave(P, 0), tau, hard=c.gumbel_hard, memory=mem)  # (U*P, D)
             log_w = torch.full((U, P), -math.log(P), device=ctx.device)
         l_nce, l_align = self.mixture_terms(q, states, log_w, pos)
         l_bal = torch.stack([(p.mean(0) * torch.log(p.mean(0).clamp(min=1e-12))).sum() for p in pis]).sum()
@@ -312,7 +341,7 @@ class CRBR(Recommender):
         return l_nce, l_align
 
     # ------------------------------------------------------------------ inference mode
-    def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False):
+    def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False, memory: torch.Tensor | None = None):
         """Beam search by Score = S + log softmax(z), vectorized over users and beams; with `noise`,
         the top-B choice at each layer is made on Gumbel-perturbed scores (stochastic paths for
         training) while S stays the paths' true log-probability. Differentiable in S and v.
@@ -327,7 +356,7 @@ class CRBR(Recommender):
         per_path = False  # "first" branching: after layer 1 every path keeps its own best continuation
         for blk in self.blocks:
             M = blk.codebook.shape[0]
-            logp = F.log_softmax(blk.logits(ctx[:, None, :], v), dim=-1)  # (U, b, M)
+            logp = F.log_softmax(blk.logits(ctx[:, None, :], v, memory), dim=-1)  # (U, b, M)
             probs.append(logp.exp().reshape(-1, M))
             cand = S[:, :, None] + logp  # (U, b, M)
             key = cand.detach()
@@ -352,13 +381,15 @@ class CRBR(Recommender):
         return F.normalize(v, dim=-1), codes, S, states, probs
 
     @torch.no_grad()
-    def beam_search(self, ctx: torch.Tensor, beam: int | None = None) -> BeamOutput:
-        """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams."""
-        q, codes, S, _, _ = self._beam(ctx, beam or self.config.beam)
+    def beam_search(self, ctx: torch.Tensor, beam: int | None = None, memory: torch.Tensor | None = None) -> BeamOutput:
+        """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams
+        (`memory`: the token set, route_on="tokens")."""
+        q, codes, S, _, _ = self._beam(ctx, beam or self.config.beam, memory=memory)
         return BeamOutput(q, codes, S)
 
     def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None) -> BeamOutput:
-        return self.beam_search(self.context(batch), beam)
+        ctx, memory = self.routing_inputs(batch)
+        return self.beam_search(ctx, beam, memory)
 
     def path_offsets(self, out: BeamOutput) -> torch.Tensor:
         """(U, B) what merge & sort adds to path b's similarities: 0 (merge_score="similarity") or

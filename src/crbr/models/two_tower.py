@@ -211,14 +211,22 @@ class TwoTower(Recommender):
                 return self.tower.encode(batch, visible).tokens
         return self.tower.encode(batch, visible).tokens
 
-    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, M, Dq) tokens -> (B, out) L2-normalized user vector."""
+    def pool_memory(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, M, Dq) tokens -> (B, M, D) the set the pooling reads: the set blocks' outputs (PMA
+        pooling) or the adapted tokens (mean pooling)."""
         x = self.adapter_in(tokens)  # (B, M, D)
+        if self.config.pooling != "mean":
+            for blk in self.set_blocks:
+                x = blk(x)
+        return x
+
+    def pool(self, tokens: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, M, Dq) tokens -> (B, out) L2-normalized user vector (`memory`: their `pool_memory`, if
+        already computed)."""
+        x = self.pool_memory(tokens) if memory is None else memory
         if self.config.pooling == "mean":
             u = x.mean(1)
         else:
-            for blk in self.set_blocks:
-                x = blk(x)
             seed = self.pma_seed.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, 1, D)
             u = self.pma(seed, self.pma_ffn(x)).squeeze(1)  # PMA_1(X) = MAB(S, rFF(X))
         return F.normalize(self.user_out(u), dim=-1)
