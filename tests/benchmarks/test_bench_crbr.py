@@ -1,6 +1,3 @@
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -10,14 +7,11 @@ from crbr.data.dataset import leave_one_out
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.models.crbr_model import CRBR, CRBRConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_module import load
 
 
 def module():
-    spec = importlib.util.spec_from_file_location("bench_crbr", ROOT / "benchmarks" / "bench_crbr.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("bench_crbr")
 
 
 def test_code_usage_in_chunks_equals_the_models_diagnostics_on_one_batch():

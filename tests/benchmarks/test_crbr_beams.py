@@ -1,17 +1,12 @@
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_module import load
 
 
 def module():
-    spec = importlib.util.spec_from_file_location("crbr_beams", ROOT / "benchmarks" / "crbr_beams.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("crbr_beams")
 
 
 def test_mixture_merge_against_hand_computed_scores():

@@ -1,17 +1,13 @@
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench_module import load
 
 
 def module():
-    spec = importlib.util.spec_from_file_location("paired_seeds", ROOT / "benchmarks" / "paired_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("paired_seeds")
 
 
 def write(out: Path, name: str, seed: int, ndcg: float) -> None:

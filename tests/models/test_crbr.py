@@ -28,6 +28,16 @@ def tiny(sizes=(3, 4, 2), d=8, beam=4, start="zero", route_on="pooled") -> CRBR:
     return m
 
 
+def small_world_crbr(n_users: int, n_queries: int = 2, **cfg):
+    """A tiny synthetic world and an untrained CRBR over an untrained Retrieval A (hidden 8)."""
+    ds = generate(SyntheticConfig.tiny(seed=2, n_users=n_users)).dataset
+    split = leave_one_out(ds)
+    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=n_queries, n_layers=1, n_heads=1,
+                                               max_len=16), hidden=8, out_dim=8, n_heads=1, set_blocks=1)
+    torch.manual_seed(0)
+    return ds, split, CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, **cfg))
+
+
 def path_logprob(m: CRBR, ctx: torch.Tensor, path, memory: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
     """One user's path, one path at a time: ctx (D,), memory (T, Dm) or None."""
     v = ctx.clone() if m.config.start == "context" else torch.zeros_like(ctx)
@@ -118,14 +128,8 @@ def test_context_start_with_zero_codes_is_retrieval_a():
     """start="context": v(0) = Q, so with every code at zero each path's query is Retrieval A's user
     vector, path retrieval returns Retrieval A's exact top-k, and a soft training path is Q too;
     with codes the queries move off Q (they are not confined to sums of codes)."""
-    world = generate(SyntheticConfig.tiny(seed=2, n_users=40))
-    ds = world.dataset
-    split = leave_one_out(ds)
-    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=2, n_layers=1, n_heads=1, max_len=16),
-                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
-    torch.manual_seed(0)
-    m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 3], beam=3,
-                        start="context")).eval()
+    ds, split, m = small_world_crbr(40, codebook_sizes=[4, 3], beam=3, start="context")
+    m.eval()
     users = np.arange(ds.n_users)
     b = history_batch(ds, users, split.test.hist_len, 16)
     with torch.no_grad():
@@ -149,14 +153,8 @@ def test_context_start_with_zero_codes_is_retrieval_a():
 def test_token_routing_trains_its_reads_and_retrieves():
     """route_on="tokens": the loss reaches every block's token read, the routing inputs are
     Retrieval A's pooled Q (unchanged) and the token set it pools from, and scoring runs."""
-    world = generate(SyntheticConfig.tiny(seed=2, n_users=60))
-    ds = world.dataset
-    split = leave_one_out(ds)
-    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=3, n_layers=1, n_heads=1, max_len=16),
-                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
-    torch.manual_seed(0)
-    m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 4], n_negatives=8,
-                        route_on="tokens", start="context")).train()
+    ds, split, m = small_world_crbr(60, n_queries=3, codebook_sizes=[4, 4], n_negatives=8, route_on="tokens", start="context")
+    m.train()
     users = np.arange(20)
     m.loss(train_batch(ds, users, split.train_len[users], 16)).loss.backward()
     for blk in m.blocks:
@@ -176,15 +174,9 @@ def test_token_routing_trains_its_reads_and_retrieves():
 def test_train_context_pool_fine_tunes_only_retrieval_as_pooling_head():
     """train_context="pool": CRBR's loss reaches Retrieval A's pooling head; the Q-Former tower
     and the item tower (the indexed vectors) get no gradient."""
-    world = generate(SyntheticConfig.tiny(seed=2, n_users=60))
-    ds = world.dataset
-    split = leave_one_out(ds)
-    base = dict(n_items=ds.n_items, tower=dict(n_items=ds.n_items, hidden=8, n_queries=2, n_layers=1, n_heads=1, max_len=16),
-                hidden=8, out_dim=8, n_heads=1, set_blocks=1)
     for mode in ("frozen", "pool"):
-        torch.manual_seed(0)
-        m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[4, 4], n_negatives=8,
-                            train_context=mode)).train()
+        ds, split, m = small_world_crbr(60, codebook_sizes=[4, 4], n_negatives=8, train_context=mode)
+        m.train()
         users = np.arange(20)
         m.loss(train_batch(ds, users, split.train_len[users], 16)).loss.backward()
         head = {id(p) for p in m.context_head_parameters()}
