@@ -107,24 +107,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from crbr.data.batching import history_batch
     from crbr.data.dataset import make_split, train_item_counts
-    from crbr.data.prepare import DataConfig, prepare as prepare_data
-    from crbr.data.synthetic import SyntheticConfig, generate
     from crbr.eval.interests import history_categories, interest_coverage
     from crbr.index import build_index
     from crbr.train.loop import build_evaluator
     from crbr.config import EvalConfig
 
     out = Path(args.out) / (args.dataset + (f"_k{args.split_k}" if args.split_k > 1 else ""))
-    if args.dataset == "synthetic":
-        world = generate(SyntheticConfig(**SYNTHETIC))
-        ds = world.dataset
-        data = {"name": "synthetic", "synthetic": SYNTHETIC}
-    else:
-        world = None
-        data = {"name": args.dataset}
-        from crbr.config import from_dict
-
-        ds = prepare_data(from_dict(DataConfig, data))
+    ds, world = load_dataset(args.dataset)
+    data = {"name": "synthetic", "synthetic": SYNTHETIC} if world is not None else {"name": args.dataset}
     sp = split_settings(args.split_k)
     split = make_split(ds, sp.pop("name"), **sp)
     counts = train_item_counts(ds, split)
@@ -256,8 +246,8 @@ def main() -> None:
 
 
 def code_usage(m, ds, es, chunk: int = 1024) -> tuple[list[float], list[float]]:
-    """Per routing layer, over the beams of every test user: the share of codes no beam uses and
-    the perplexity of the code distribution."""
+    """Per routing layer, over the beams of every test user (in chunks of users): the share of codes
+    no beam uses and the perplexity of the code distribution (`CRBR.code_usage`)."""
     from crbr.data.batching import history_batch
 
     codes = []
@@ -265,14 +255,26 @@ def code_usage(m, ds, es, chunk: int = 1024) -> tuple[list[float], list[float]]:
         for s in range(0, len(es), chunk):
             sl = slice(s, s + chunk)
             codes.append(m.beams(history_batch(ds, es.users[sl], es.hist_len[sl], m.config.max_len)).codes)
-    codes = torch.cat(codes)  # (U, B, L)
-    dead, ppl = [], []
-    for l, blk in enumerate(m.blocks):
-        cnt = torch.bincount(codes[:, :, l].reshape(-1), minlength=blk.codebook.shape[0]).double()
-        p = cnt[cnt > 0] / cnt.sum()
-        dead.append(float((cnt == 0).double().mean()))
-        ppl.append(float(torch.exp(-(p * p.log()).sum())))
-    return dead, ppl
+    return m.code_usage(torch.cat(codes))  # codes (U, B, L)
+
+
+def load_dataset(name: str):
+    """(dataset, world): the synthetic world of these benchmarks (world = its ground truth) or a
+    real dataset preset (world = None)."""
+    if name == "synthetic":
+        from crbr.data.synthetic import SyntheticConfig, generate
+
+        world = generate(SyntheticConfig(**SYNTHETIC))
+        return world.dataset, world
+    from crbr.config import from_dict
+    from crbr.data.prepare import DataConfig, prepare
+
+    return prepare(from_dict(DataConfig, {"name": name})), None
+
+
+def user_hits(res, es, k: int) -> np.ndarray:
+    """(users,) bool: whether one of the user's test targets is in the exported top k."""
+    return np.array([bool(set(es.targets(r).tolist()) & set(res.topk_items[r, :k].tolist())) for r in range(len(es))])
 
 
 def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line, write_section  # noqa: E402
-from bench_crbr import SYNTHETIC  # noqa: E402
+from bench_crbr import SYNTHETIC, load_dataset, user_hits  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,25 +72,18 @@ def main() -> None:
     from crbr.config import EvalConfig
     from crbr.data.batching import history_batch
     from crbr.data.dataset import leave_one_out, train_item_counts
-    from crbr.data.synthetic import SyntheticConfig, generate
     from crbr.train.checkpoint import load_model_from_checkpoint
     from crbr.train.loop import build_evaluator
 
     t0 = time.perf_counter()
     real = args.dataset != "synthetic"
-    if real:
-        from crbr.config import from_dict
-        from crbr.data.prepare import DataConfig, prepare as prepare_data
-        from crbr.eval.interests import history_categories
-
-        ds = prepare_data(from_dict(DataConfig, {"name": args.dataset}))
-    else:
-        world = generate(SyntheticConfig(**SYNTHETIC))
-        ds = world.dataset
+    ds, world = load_dataset(args.dataset)
     split = leave_one_out(ds)
     es = split.test
     counts = train_item_counts(ds, split)
     if real:  # as bench_crbr.py: a user's interests are the categories of the visible history
+        from crbr.eval.interests import history_categories
+
         multi = np.array([len(c) >= 3 for c in history_categories(ds, es.users, es.hist_len)])
     else:
         o = world.interest_offsets
@@ -109,8 +102,7 @@ def main() -> None:
             with torch.no_grad():
                 res = ev.evaluate(lambda b: fn(b).float(), export=True)
             protocol = res.protocol
-            hit = np.array([len(set(es.targets(r).tolist()) & set(res.topk_items[r, :50].tolist())) > 0
-                            for r in range(len(es))])
+            hit = user_hits(res, es, 50)
             return res.metrics["Recall@50"], float(hit[multi].mean())
 
         def q_a(b):
@@ -128,7 +120,8 @@ def main() -> None:
 
         with torch.no_grad():
             hb = history_batch(ds, es.users, es.hist_len, m.config.max_len)
-            (ctx, mem), qa = m.routing_inputs(hb), q_a(hb)
+            ctx, mem = m.routing_inputs(hb)
+            qa = ctx  # the routing context is Retrieval A's (unit) query q_A
             rq = F.normalize(greedy_rq(qa, [blk.codebook for blk in m.blocks]), dim=-1)
         rows.append((run.name, "Retrieval A (q_A)", "-", "-", *evaluate(base_scores), 1.0, 1.0))
         if m.config.start == "zero":  # with start="context" the paths start at q_A: nothing to quantize

@@ -18,11 +18,10 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_crbr import SYNTHETIC  # noqa: E402
+from bench_crbr import load_dataset, user_hits  # noqa: E402
 
 
 def mcnemar_exact(only_a: int, only_b: int) -> float:
@@ -43,20 +42,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from crbr.config import EvalConfig, from_dict
+    from crbr.config import EvalConfig
     from crbr.data.dataset import leave_one_out, train_item_counts
     from crbr.train.checkpoint import load_model_from_checkpoint
     from crbr.train.loop import build_evaluator
 
     real = args.dataset != "synthetic"
-    if real:
-        from crbr.data.prepare import DataConfig, prepare
-
-        ds = prepare(from_dict(DataConfig, {"name": args.dataset}))
-    else:
-        from crbr.data.synthetic import SyntheticConfig, generate
-
-        ds = generate(SyntheticConfig(**SYNTHETIC)).dataset
+    ds, _ = load_dataset(args.dataset)
     split = leave_one_out(ds)
     es, counts = split.test, train_item_counts(ds, split)
     hits, recall, protocol = {}, {}, ""
@@ -67,8 +59,7 @@ def main() -> None:
         with torch.no_grad():
             res = ev.evaluate(lambda b: m.score(b).float(), export=True)
         protocol = res.protocol
-        hits[run] = np.array([bool(set(es.targets(r).tolist()) & set(res.topk_items[r, :args.k].tolist()))
-                              for r in range(len(es))])
+        hits[run] = user_hits(res, es, args.k)
         recall[run] = res.metrics[f"Recall@{args.k}"]
     b = hits[args.base]
     print(f"`python benchmarks/paired_users.py {' '.join(sys.argv[1:])}`; dataset {args.dataset}; protocol: {protocol}.\n")

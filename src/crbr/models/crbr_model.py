@@ -440,6 +440,17 @@ class CRBR(Recommender):
         return PathRetrieval(merged.ids, merged.scores, merged.sources.astype(np.int64), out)
 
     # ------------------------------------------------------------------ diagnostics
+    def code_usage(self, codes: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Per layer, over paths' codes (..., L): the share of codes no path uses and the perplexity
+        of the code distribution."""
+        dead, ppl = [], []
+        for l, blk in enumerate(self.blocks):
+            cnt = torch.bincount(codes[..., l].reshape(-1), minlength=blk.codebook.shape[0]).double()
+            p = cnt[cnt > 0] / cnt.sum()
+            dead.append(float((cnt == 0).double().mean()))
+            ppl.append(float(torch.exp(-(p * p.log()).sum())))
+        return dead, ppl
+
     @torch.no_grad()
     def diagnostics(self, batch: dict[str, torch.Tensor], item_bucket: np.ndarray | None = None,
                     targets: torch.Tensor | None = None, item_category: np.ndarray | None = None,
@@ -449,13 +460,9 @@ class CRBR(Recommender):
         out = self.beams(batch)
         U, B, L = out.codes.shape
         res: dict[str, object] = {"tau": self.tau()}
-        for l, blk in enumerate(self.blocks):
-            M = blk.codebook.shape[0]
-            cnt = torch.bincount(out.codes[:, :, l].reshape(-1), minlength=M).double()
-            p = cnt / cnt.sum()
-            nz = p[p > 0]
-            res[f"perplexity_l{l + 1}"] = float(torch.exp(-(nz * nz.log()).sum()))
-            res[f"dead_share_l{l + 1}"] = float((cnt == 0).double().mean())
+        for l, (dead, ppl) in enumerate(zip(*self.code_usage(out.codes))):
+            res[f"perplexity_l{l + 1}"] = ppl
+            res[f"dead_share_l{l + 1}"] = dead
         res["distinct_first_codes"] = float(torch.tensor([len(set(r)) for r in out.codes[:, :, 0].tolist()]).float().mean())
         cats = item_category if item_category is not None else getattr(self, "_item_category", None)
         if cats is not None:
