@@ -12,7 +12,7 @@ from crbr.data.dataset import leave_one_out, train_item_counts
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.eval.evaluator import Evaluator
 from crbr.models import build_model
-from crbr.models.qformer import MHA, QFormer, QFormerConfig
+from crbr.models.qformer import MHA, QFormer, QFormerConfig, choose_cuts, cos_sin, future_targets, rotary_angles, rotate
 
 torch.set_num_threads(1)
 
@@ -173,6 +173,98 @@ def test_itc_with_several_future_positives_matches_a_pair_by_pair_reference():
     torch.testing.assert_close(got, torch.stack(terms).mean())
 
 
+def timed_batch(seqs, L, seed=0):
+    b = batch_of(seqs, L)
+    g = torch.Generator().manual_seed(seed)
+    gaps = torch.randint(1, 5_000_000, (len(seqs), L), generator=g)
+    b["timestamps"] = torch.where(b["items"] > 0, 1_000_000_000 + gaps.cumsum(1), torch.zeros_like(gaps))
+    return b
+
+
+def test_rotation_depends_on_angle_differences_only():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8)  # (B, H, L, 2P)
+    aq, ak = torch.randn(2, 5, 4), torch.randn(2, 7, 4)
+    shift = torch.randn(2, 1, 4) * 100
+    def dots(a, b):
+        return rotate(q, cos_sin(a)) @ rotate(k, cos_sin(b)).transpose(-1, -2)
+
+    ref = dots(aq, ak)
+    torch.testing.assert_close(dots(aq + shift, ak + shift), ref, atol=1e-3, rtol=1e-4)
+    assert not torch.allclose(dots(aq + 1.0, ak), ref, atol=1e-2)
+    # angles: position pairs first, time pairs second; zero time = identity on the time pairs
+    a = rotary_angles(torch.tensor([3.0]), torch.tensor([-120.0]), 4, use_time=True)
+    assert a.shape == (1, 4) and a[0, 0] == 3.0 and a[0, 2] == pytest.approx(-2 * np.pi * 2)  # 120 s at a 60 s period
+    torch.testing.assert_close(rotary_angles(torch.tensor([3.0]), None, 4, use_time=True)[0, 2:], torch.zeros(2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("use_time", [False, True])
+def test_rotary_tokens_depend_on_relative_positions_and_times(use_time):
+    """Left padding and a common shift of all timestamps change nothing; the events' order does."""
+    m = model(position="rotary", use_time=use_time)
+    seq = [3, 7, 9, 11, 13]
+    a, b = timed_batch([seq], 5), timed_batch([seq], 9)
+    b["timestamps"][0, 4:] = a["timestamps"][0] + 777_000
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(a).tokens, m.encode(b).tokens, atol=1e-5, rtol=1e-5)
+        rev = timed_batch([seq[::-1]], 5)
+        assert not torch.allclose(m.encode(a).tokens, m.encode(rev).tokens, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_time", [False, True])
+def test_cuts_sharing_the_history_equal_encoding_each_cut_alone(use_time):
+    """The fast path (C query sets over one history, one key mask each) against its reference:
+    encoding each cut's truncated history on its own."""
+    m = model(position="rotary", use_time=use_time, n_cuts=3)
+    b = timed_batch([[3, 7, 9, 11, 13, 2, 5], [4, 8, 15], [1, 2, 3, 4, 5, 6, 7, 8, 9]], 9)
+    cuts = torch.tensor([[8, 4, 6], [8, 7, 6], [2, 5, 8]])  # window positions; row 1 starts at 6
+    N = b["items"].shape[1]
+    keys = (b["items"] > 0)[:, None, :] & (torch.arange(N)[None, None, :] <= cuts[..., None])
+    with torch.no_grad():
+        fast = m.encoder(m._history(b, None), keys, rope=m._rope(b, cuts)).tokens  # (B, C, M, D)
+        assert fast.shape == (3, 3, 4, 16)
+        for r in range(3):
+            for j in range(3):
+                c = int(cuts[r, j])
+                alone = {k: v[r : r + 1, : c + 1] for k, v in b.items() if v.dim() == 2}
+                torch.testing.assert_close(fast[r, j], m.encode(alone).tokens[0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs position='rotary'"):
+        QFormerConfig(n_items=5, n_cuts=2)
+
+
+def test_choose_cuts_are_distinct_positions_with_targets():
+    torch.manual_seed(0)
+    tg = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [0, 0, 0, 0, 0, 4, 9], [1, 2, 3, 4, 5, 6, 7]])
+    for _ in range(20):
+        c = choose_cuts(tg, 3, random=True)
+        for r in range(3):
+            got = c[r].tolist()
+            assert len(set(got)) == 3
+            n_valid = int((tg[r] > 0).sum())
+            assert sum(tg[r, i] > 0 for i in got) == min(3, n_valid)
+            assert tg[r, got[0]] > 0  # cut 0 is always a real prediction point
+    assert choose_cuts(tg, 2, random=False).tolist() == [[6, 5]] * 3
+    fut = future_targets(tg, torch.tensor([[5, 6], [6, 5], [0, 6]]), 2)  # (B, C, k)
+    assert fut.tolist() == [[[7, 8], [8, 0]], [[9, 0], [4, 9]], [[1, 2], [7, 0]]]
+
+
+def test_cuts_on_padding_predict_nothing_and_every_cut_trains():
+    """A row with fewer targets than cuts adds no Task A pair for its extra cuts (they would read
+    an empty history); every valid cut's pairs reach the loss."""
+    m = model(position="rotary", n_cuts=4, recon_weight=0.0, n_negatives=4).train()
+    b = timed_batch([[3, 7], [4, 8, 15, 16, 23, 42]], 6)
+    b["targets"] = torch.zeros_like(b["items"])
+    b["targets"][0, 5] = 9  # one prediction point in row 0
+    b["targets"][1, 2:] = torch.tensor([20, 21, 22, 24])  # four in row 1
+    seen = {}
+    orig = m._itc
+    m._itc = lambda tok, pos: seen.setdefault("pos", pos) is not None and orig(tok, pos)
+    m.loss(b)
+    pos = seen["pos"]  # (B*C, 1)
+    assert pos.shape == (8, 1)
+    assert sorted(pos[:4, 0].tolist()) == [0, 0, 0, 9] and sorted(pos[4:, 0].tolist()) == [20, 21, 22, 24]
+
+
 def test_mask_slots_never_hide_the_newest_or_padding():
     m = model(mask_ratio=0.5, max_masked=3)
     vis = torch.tensor([[False, True, True, True, True, True], [False, False, False, False, True, True],
@@ -192,7 +284,8 @@ def test_both_tasks_train_and_can_be_switched_off():
     users = np.arange(16)
     b = train_batch(ds, users, split.train_len[users], 32)
     for kw, keys in [({}, {"itc", "recon"}), ({"recon_weight": 0.0}, {"itc"}), ({"itc_weight": 0.0}, {"recon"}),
-                     ({"itc_future": 4}, {"itc", "recon"})]:
+                     ({"itc_future": 4}, {"itc", "recon"}),
+                     ({"position": "rotary", "n_cuts": 3, "itc_future": 2}, {"itc", "recon"})]:
         m = model(n_items=ds.n_items, n_actions=ds.n_actions, **kw).train()
         out = m.loss(b)
         assert keys <= set(out.logs) and not ({"itc", "recon"} - keys) & set(out.logs)
@@ -228,10 +321,10 @@ def test_learns_on_the_synthetic_world_with_and_without_features(fit_steps):
     pop_ndcg = ev.evaluate(lambda b: pop.expand(len(b["items"]), -1)).metrics["NDCG@10"]
     feats = world.item_embeddings  # (I, 16) ground-truth item vectors as "frozen features"
     settings = dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64, n_negatives=64)
-    for frozen in (False, True):
+    for frozen, extra in ((False, {}), (True, {}), (False, {"position": "rotary", "n_cuts": 4})):
         torch.manual_seed(0)
-        if not frozen:  # learnable ID embeddings only
-            m = build_model("qformer", settings, ds, split)
+        if not frozen:  # learnable ID embeddings only (input or rotary positions, one or 4 cuts per window)
+            m = build_model("qformer", {**settings, **extra}, ds, split)
         else:  # frozen features only: the ground-truth item vectors
             m = QFormer(QFormerConfig(n_items=ds.n_items, n_actions=ds.n_actions, feature_dim=feats.shape[1],
                                       use_id_embedding=False, **settings))
@@ -239,7 +332,7 @@ def test_learns_on_the_synthetic_world_with_and_without_features(fit_steps):
         fit_steps(m, ds, split, 250)
         with torch.no_grad():
             ndcg = ev.evaluate(m.score).metrics["NDCG@10"]
-        assert ndcg > 1.5 * pop_ndcg, (frozen, ndcg, pop_ndcg)
+        assert ndcg > 1.5 * pop_ndcg, (frozen, extra, ndcg, pop_ndcg)
 
 
 def test_diagnostics_report_specialization():

@@ -68,6 +68,16 @@ class QFormerConfig:
     learn_temperature: bool = True
     cut: str = "random"  # which next item Task A predicts: "last" of the window or a "random" cut point
     itc_future: int = 1  # Task A positives per cut: the next k events (1 = the next item; k > 1 = dense future targets)
+    # how the encoder knows when each event happened relative to the prediction point:
+    #   "input":  recency and time-since embeddings are added to each event (relative to the cut)
+    #   "rotary": they rotate the cross-attention's queries and keys (RoPE, Su et al. 2021), so
+    #             query . key depends on the events' recency and time gap only and the history's
+    #             keys and values do not depend on the cut; several cuts then share them
+    position: str = "input"
+    # Task A prediction points per training window ("rotary" only): the C cuts' queries read one
+    # shared history, each with its own key mask, so one window yields C contexts for about the
+    # cost of the C x M extra queries instead of C encoder passes
+    n_cuts: int = 1
     # Task B
     recon_weight: float = 1.0  # 0 switches Task B off
     mask_ratio: float = 0.2
@@ -82,6 +92,16 @@ class QFormerConfig:
             raise ValueError(f"QFormerConfig.itc_future must be >= 1, got {self.itc_future}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"QFormerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
+        if self.position not in ("input", "rotary"):
+            raise ValueError(f"QFormerConfig.position: expected 'input' or 'rotary', got {self.position!r}")
+        if self.n_cuts < 1:
+            raise ValueError(f"QFormerConfig.n_cuts must be >= 1, got {self.n_cuts}")
+        if self.n_cuts > 1 and self.position != "rotary":
+            raise ValueError("QFormerConfig.n_cuts > 1 needs position='rotary' (with 'input' positions the "
+                             "history's embedding depends on the cut, so cuts cannot share it)")
+        if self.position == "rotary" and (self.hidden // self.n_heads) % (4 if self.use_time else 2):
+            raise ValueError(f"QFormerConfig: position='rotary' needs a head width (hidden / n_heads = "
+                             f"{self.hidden // self.n_heads}) divisible by {4 if self.use_time else 2}")
         if self.itc_weight <= 0 and self.recon_weight <= 0:
             raise ValueError("QFormerConfig: itc_weight and recon_weight are both 0; nothing to train")
         if not self.use_id_embedding and self.feature_dim <= 0 and not self.item_features:
@@ -134,10 +154,66 @@ def choose_cut(targets: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch
 
 def future_targets(targets: torch.Tensor, cut: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) the next k events after each row's cut: targets[b, c_b], targets[b, c_b + 1], ...
-    (0 past the window's end or where the window has no target)."""
+    (0 past the window's end or where the window has no target). cut may be (B, C): (B, C, k)."""
     N = targets.shape[1]
-    j = cut[:, None] + torch.arange(k, device=targets.device)[None, :]  # (B, k)
-    return torch.where(j < N, targets.gather(1, j.clamp(max=N - 1)), torch.zeros_like(j))
+    j = cut[..., None] + torch.arange(k, device=targets.device)  # (B, [C,] k)
+    flat = j.reshape(j.shape[0], -1)
+    got = targets.gather(1, flat.clamp(max=N - 1)).view(j.shape)
+    return torch.where(j < N, got, torch.zeros_like(j))
+
+
+def choose_cuts(targets: torch.Tensor, n: int, random: bool) -> torch.Tensor:
+    """(B, n) distinct cut indices per row, among the positions that have a target.
+
+    `random`: drawn uniformly without replacement (cut 0 is one uniform draw, as `choose_cut`'s);
+    otherwise the newest n positions, newest first. A row with fewer than n targets repeats no
+    position: its extra cuts land on positions without a target (targets[b, c] == 0).
+    """
+    B, N = targets.shape
+    if not random:
+        return (N - 1 - torch.arange(n, device=targets.device)).clamp(min=0).expand(B, n)
+    r = torch.rand(B, N, device=targets.device).masked_fill(targets <= 0, -1.0)
+    return r.topk(min(n, N), dim=1).indices  # valid positions (r >= 0) come first, in random order
+
+
+# ---------------------------------------------------------------- rotary positions (position="rotary")
+TIME_PERIODS_S = (60.0, 2.0 ** 27)  # rotary time frequencies span periods of a minute to ~4 years
+
+
+def rotary_angles(pos: torch.Tensor, ts: torch.Tensor | None, n_pairs: int, use_time: bool) -> torch.Tensor:
+    """(..., n_pairs) rotation angles of events at window positions `pos` (...) and times `ts` (...).
+
+    With use_time the first half of the pairs encode the position (geometric frequencies from 1 to
+    1/10000 per step, as RoPE) and the second half the time in seconds (periods from a minute to
+    ~4 years); without, all pairs encode the position. Query . key after rotation depends on the
+    position and time differences only. `ts` must be relative to a per-row reference (e.g. the
+    row's newest event) so the angles stay small enough for float32; None = no time signal.
+    """
+    n_pos = n_pairs // 2 if use_time else n_pairs
+    dev = pos.device
+    f_pos = torch.exp(-math.log(10000.0) * torch.arange(n_pos, device=dev, dtype=torch.float64) / max(n_pos, 1))
+    ang = [pos.double().unsqueeze(-1) * f_pos]
+    if use_time:
+        n_t = n_pairs - n_pos
+        lo, hi = (math.log(p) for p in TIME_PERIODS_S)
+        periods = torch.exp(torch.linspace(lo, hi, n_t, device=dev, dtype=torch.float64))
+        t = ts.double() if ts is not None else torch.zeros(pos.shape, dtype=torch.float64, device=dev)
+        ang.append(t.unsqueeze(-1) * (2 * math.pi / periods))
+    return torch.cat(ang, -1)  # float64: an event years back turns a minute-period pair ~1e6 rad
+
+
+def cos_sin(ang: torch.Tensor) -> torch.Tensor:
+    """(..., P) angles -> (..., P, 2) float32 [cos, sin], reduced in the angles' own precision."""
+    return torch.stack([ang.cos(), ang.sin()], -1).float()
+
+
+def rotate(x: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[..., i], x[..., i + P]) of x (B, H, L, 2P) by `cos_sin` values cs (B, L, P, 2),
+    the same for every head."""
+    P = cs.shape[-2]
+    cos, sin = cs[:, None, ..., 0].to(x.dtype), cs[:, None, ..., 1].to(x.dtype)  # (B, 1, L, P)
+    x1, x2 = x[..., :P], x[..., P:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
 
 
 class MHA(nn.Module):
@@ -152,13 +228,24 @@ class MHA(nn.Module):
         self.p = dropout
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x: (B, M, D) queries; ctx: (B, N, D) keys/values; key_mask: (B, N) bool, True = visible
+                need_weights: bool = False, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                sink_first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x: (B, M, D) queries; ctx: (B, N, D) keys/values; key_mask: (B, N) or per query (B, M, N)
+        # bool, True = visible. rope: `cos_sin` rotations (B, M, P, 2) of the queries and (B, N, P, 2)
+        # of the keys (P = head width / 2). sink_first: ctx[:, 0] is an attention sink whose key is zero
+        # after projection (logit 0 for every query, whatever the rotation) and whose value is kept
         B, M, D = x.shape
         N = ctx.shape[1]
         q = self.q(x).view(B, M, self.h, D // self.h).transpose(1, 2)  # (B, H, M, d)
         k, v = self.kv(ctx).view(B, N, 2, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, d)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, N)
+        if sink_first:
+            k = torch.cat([torch.zeros_like(k[:, :, :1]), k[:, :, 1:]], 2)
+        if rope is not None:
+            q, k = rotate(q, rope[0]), rotate(k, rope[1])
+        if key_mask is None:
+            mask = None
+        else:
+            mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]  # (B, 1, 1|M, N)
         if need_weights:  # explicit path (diagnostics): same math as SDPA, keeps the weights
             s = (q @ k.transpose(-1, -2)) / math.sqrt(D // self.h)
             if mask is not None:
@@ -184,11 +271,14 @@ class QFormerBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, q: torch.Tensor, hist: torch.Tensor, key_mask: torch.Tensor,
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # q: (B, M, D); hist: (B, N, D); key_mask: (B, N)
-        h = self.ln_self(q)
-        q = q + self.drop(self.self_attn(h, h)[0])
-        a, w = self.cross_attn(self.ln_cross(q), hist, key_mask, need_weights)
+                need_weights: bool = False, n_sets: int = 1,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # q: (B, S*M, D), S = n_sets query sets (one per cut) that attend among themselves only;
+        # hist: (B, N, D); key_mask: (B, N) or per query (B, S*M, N)
+        B, SM, D = q.shape
+        h = self.ln_self(q).view(B * n_sets, SM // n_sets, D)
+        q = q + self.drop(self.self_attn(h, h)[0].view(B, SM, D))
+        a, w = self.cross_attn(self.ln_cross(q), hist, key_mask, need_weights, rope, sink_first=rope is not None)
         q = q + self.drop(a)
         return q + self.drop(self.ffn(self.ln_ffn(q))), w
 
@@ -204,16 +294,35 @@ class QFormerEncoder(nn.Module):
         self.blocks = nn.ModuleList(QFormerBlock(d, n_heads, ffn, dropout, attn_dropout) for _ in range(n_layers))
         self.ln_out = nn.LayerNorm(d)
 
-    def forward(self, hist: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False) -> QFormerOutput:
-        # hist: (B, N, D) event embeddings; key_mask: (B, N) bool, True = real and visible
+    def forward(self, hist: torch.Tensor, key_mask: torch.Tensor, need_weights: bool = False,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> QFormerOutput:
+        """hist: (B, N, D) event embeddings. key_mask: (B, N) bool, True = real and visible; or
+        (B, S, N) for S query sets (cuts) over the same history, each with its own mask: tokens
+        are then (B, S, M, D).
+
+        rope: rotation angles (B, S, P) of each query set and (B, N, P) of the events (position
+        = "rotary"). The null key's key is then zero, so its logit is a constant 0 whatever the
+        rotation (a learned attention sink whose value is still learned).
+        """
         B = hist.shape[0]
+        sets = key_mask.dim() == 3
+        S = key_mask.shape[1] if sets else 1
+        M = self.queries.shape[0]
         ctx = torch.cat([self.null_key.expand(B, 1, -1).to(hist.dtype), hist], 1)  # (B, N+1, D)
         mask = F.pad(key_mask, (1, 0), value=True)  # the null key is always visible
-        q = self.queries.unsqueeze(0).expand(B, -1, -1).to(hist.dtype)  # (B, M, D)
+        if sets:
+            mask = mask.repeat_interleave(M, dim=1)  # (B, S*M, N+1): each query set's mask
+        q = self.queries.unsqueeze(0).expand(B * S, -1, -1).reshape(B, S * M, -1).to(hist.dtype)  # (B, S*M, D)
+        rot = None
+        if rope is not None:
+            q_cs, k_cs = cos_sin(rope[0]), cos_sin(rope[1])
+            k_cs = F.pad(k_cs, (0, 0, 0, 0, 1, 0))  # (B, N+1, P, 2); the null key becomes a zero-key sink
+            rot = (q_cs.repeat_interleave(M, dim=1), k_cs)  # (B, S*M, P, 2), (B, N+1, P, 2)
         w = None
         for i, blk in enumerate(self.blocks):
-            q, w = blk(q, ctx, mask, need_weights and i == len(self.blocks) - 1)
-        return QFormerOutput(self.ln_out(q), w)
+            q, w = blk(q, ctx, mask, need_weights and i == len(self.blocks) - 1, S, rot)
+        out = self.ln_out(q)
+        return QFormerOutput(out.view(B, S, M, -1) if sets else out, w)
 
 
 class QFormer(Recommender):
@@ -316,14 +425,18 @@ class QFormer(Recommender):
         pos = torch.arange(n, device=self.recency_proj.weight.device)
         return self.recency_proj(sinusoidal(pos, self.config.hidden))
 
-    def _history(self, batch: dict[str, torch.Tensor], visible: torch.Tensor) -> torch.Tensor:
+    def _history(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None) -> torch.Tensor:
         """(B, N, D) event embeddings. `visible` (B, N) = the user's events up to the prediction
         point; recency and time-since count from its newest event (hidden slots included, so the
-        encoder and the reconstruction decoder agree on every event's recency)."""
+        encoder and the reconstruction decoder agree on every event's recency). With
+        position="rotary" they enter the attention instead (`_rope`) and `visible` is unused:
+        the embedding is the same for every cut."""
         items = batch["items"]
         x = self.item_repr(items)
         if self.action_emb is not None:
             x = x + self.action_emb(batch["actions"])
+        if self.config.position == "rotary":
+            return self.in_drop(self.in_ln(x))
         # recency: how many visible events come after this one (0 = newest visible)
         rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # (B, N)
         x = x + self.recency_table(x.shape[1])[rec.clamp(min=0)]
@@ -332,6 +445,21 @@ class QFormer(Recommender):
             last = torch.where(visible, ts, torch.zeros_like(ts)).amax(1, keepdim=True)  # newest visible time
             x = x + self.time_emb(torch.where(visible, time_buckets(last - ts), torch.zeros_like(ts)))
         return self.in_drop(self.in_ln(x))
+
+    def _rope(self, batch: dict[str, torch.Tensor], cuts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotation angles for position="rotary": (B, S, P) of the query sets at window positions
+        `cuts` (B, S) and (B, N, P) of the events. Times count from each row's newest event."""
+        c = self.config
+        items = batch["items"]
+        B, N = items.shape
+        P = c.hidden // c.n_heads // 2
+        ts_k = ts_q = None
+        if c.use_time and "timestamps" in batch:
+            ts = batch["timestamps"]
+            ref = torch.where(items > 0, ts, torch.zeros_like(ts)).amax(1, keepdim=True)  # (B, 1)
+            ts_k, ts_q = ts - ref, ts.gather(1, cuts) - ref
+        ar = torch.arange(N, device=items.device).expand(B, N)
+        return rotary_angles(cuts, ts_q, P, c.use_time), rotary_angles(ar, ts_k, P, c.use_time)
 
     def window(self, batch: dict[str, torch.Tensor], visible: torch.Tensor | None = None):
         """Keep the newest max_len events and drop columns that are padding in every row
@@ -349,6 +477,9 @@ class QFormer(Recommender):
         batch, visible = self.window(batch, visible)
         items = batch["items"]
         vis = items > 0 if visible is None else visible & (items > 0)
+        if self.config.position == "rotary":  # the prediction point is the newest event
+            cut = (items.shape[1] - 1 - (items > 0).flip(1).long().argmax(1))[:, None]  # (B, 1)
+            return self.encoder(self._history(batch, None), vis, need_weights, rope=self._rope(batch, cut))
         return self.encoder(self._history(batch, items > 0), vis, need_weights)
 
     def user_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -391,12 +522,19 @@ class QFormer(Recommender):
         return idx, ok
 
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
+        """Task A at one cut per window ("input" positions) or at n_cuts cuts sharing the history
+        ("rotary"); Task B hides slots of the first cut's history (hidden from every cut)."""
         c = self.config
         batch, _ = self.window(batch)
         items = batch["items"]
         B, N = items.shape
-        cut, pos = choose_cut(batch["targets"], c.cut == "random" and self.training)  # (B,), (B,)
+        random_cut = c.cut == "random" and self.training
         ar = torch.arange(N, device=items.device)
+        if c.position == "rotary":
+            cuts = choose_cuts(batch["targets"], c.n_cuts, random_cut)  # (B, C)
+            cut = cuts[:, 0]
+        else:
+            cut, pos = choose_cut(batch["targets"], random_cut)  # (B,), (B,)
         visible = (items > 0) & (ar[None, :] <= cut[:, None])
         logs: dict[str, float] = {}
         total = items.new_zeros((), dtype=torch.float32)
@@ -408,11 +546,22 @@ class QFormer(Recommender):
             enc_visible = visible & ~hide
         else:
             enc_visible = visible
-        tokens = self.encoder(self._history(batch, visible), enc_visible).tokens  # (B, M, D)
+            hide = None
+        if c.position == "rotary":
+            keys = (items > 0)[:, None, :] & (ar[None, None, :] <= cuts[..., None])  # (B, C, N)
+            if hide is not None:
+                keys = keys & ~hide[:, None, :]
+            per_cut = self.encoder(self._history(batch, None), keys, rope=self._rope(batch, cuts)).tokens  # (B, C, M, D)
+            tokens = per_cut[:, 0]  # (B, M, D) cut 0's tokens: Task B's
+            itc_tokens = per_cut.flatten(0, 1)  # (B*C, M, D)
+            valid = batch["targets"].gather(1, cuts) > 0  # (B, C) a cut on padding predicts nothing
+            itc_pos = (future_targets(batch["targets"], cuts, c.itc_future) * valid[..., None]).flatten(0, 1)  # (B*C, k)
+        else:
+            tokens = self.encoder(self._history(batch, visible), enc_visible).tokens  # (B, M, D)
+            itc_tokens = tokens
+            itc_pos = future_targets(batch["targets"], cut, c.itc_future) if c.itc_future > 1 else pos
         if c.itc_weight > 0:
-            if c.itc_future > 1:
-                pos = future_targets(batch["targets"], cut, c.itc_future)
-            la = self._itc(tokens, pos)
+            la = self._itc(itc_tokens, itc_pos)
             total = total + c.itc_weight * la
             logs["itc"] = la.detach()
         if m_idx is not None and m_idx.shape[1] > 0 and bool(m_ok.any()):
