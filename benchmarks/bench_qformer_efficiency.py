@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Forward+backward time and peak memory: Q-Former encoder vs a SASRec-style self-attention encoder.
 
-usage: python benchmarks/bench_qformer_efficiency.py [--quick] [--ns 256 1024 4096 16384] [--batch 4]
+usage: python benchmarks/bench_qformer_efficiency.py [--quick] [--ns 256 1024 4096 16384] [--batch 4] [--position rotary]
            [--json /tmp/bench_qformer_efficiency.json] [--results-md benchmarks/RESULTS.md]
 
 Both encoders use the real modules at the same width D, depth, heads and FFN size, dropout 0:
 
   Q-Former:  crbr.models.qformer.QFormerEncoder(D, M, layers, heads, ffn, 0)  (M learnable queries
-             cross-attend to the (B, N, D) history; all-True (B, N) key mask)
+             cross-attend to the (B, N, D) history; all-True (B, N) key mask). With --position rotary
+             the step also computes the rotary angles of the N events and the cut (as
+             QFormer.encode does) and the cross-attention rotates queries and keys; its section is
+             kept apart from the default one in RESULTS.md
   self-attn: layers x crbr.models.sasrec.CausalBlock(D, heads, ffn, 0, 0, 0, pre_norm=True) + a final
              LayerNorm (as SASRec.encode), causal (B, 1, N, N) bool mask materialized like SASRec.encode
 
@@ -52,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_section, machine, machine_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+LOAD_NOTE = ("on a 2-core machine while another 1-thread job (a SASRec training run) used the other core, so shared "
+             "cache / memory bandwidth were contended")
 MiB = 2**20
 
 
@@ -112,8 +117,13 @@ def worker_case(a: argparse.Namespace) -> dict:
     if a.model == "qformer":
         enc = QFormerEncoder(D, M, L, H, F, 0.0)
         key_mask = torch.ones(B, N, dtype=torch.bool)
+        pos = torch.arange(N).expand(B, N)
+        cut = torch.full((B, 1), N - 1)
 
         def fwd() -> torch.Tensor:
+            if a.position == "rotary":  # angles are part of the step, as in QFormer.encode
+                rope = (qf_mod.rotary_angles(cut, None, D // H // 2, False), qf_mod.rotary_angles(pos, None, D // H // 2, False))
+                return enc(x, key_mask, rope=rope).tokens
             return enc(x, key_mask).tokens
     else:
         blocks = nn.ModuleList(CausalBlock(D, H, F, 0.0, 0.0, 0.0, pre_norm=True) for _ in range(L))
@@ -219,8 +229,14 @@ def fmt_mb(r: dict | None) -> str:
     return f"{r['peak_mb']:.0f}" if r["peak_mb"] >= 10 else f"{r['peak_mb']:.1f}"
 
 
+def section_key(res: dict) -> str:
+    """RESULTS.md marker: the default (input positions) section, or the rotary one beside it."""
+    return "bench_qformer_efficiency" + ("_rotary" if res["config"].get("position", "input") == "rotary" else "")
+
+
 def build_section(res: dict, cmdline: str) -> str:
     cfg = res["config"]
+    rotary = cfg.get("position", "input") == "rotary"
     mm = res["matmul"]
     rows = []
     for n in cfg["ns"]:
@@ -240,18 +256,21 @@ def build_section(res: dict, cmdline: str) -> str:
     v = res["verdicts"]
     n_lo, n_hi, n_mid = v["linear"]["n_lo"], v["linear"]["n_hi"], v["speed_memory"]["n"]
     lines = [
-        "## Q-Former vs self-attention encoder: time and memory (benchmarks/bench_qformer_efficiency.py)",
+        "## Q-Former vs self-attention encoder: time and memory (benchmarks/bench_qformer_efficiency.py)"
+        + (", rotary positions" if rotary else ""),
         "",
         f"Run {res['date']} ({res['wall_s'] / 60:.1f} min), `{cmdline}`; dataset: synthetic random tensors (no real data).",
         f"Machine: {machine_line()}; torch {res['torch']}. **Threads: 1** (torch.set_num_threads(1), "
-        "OMP_NUM_THREADS=MKL_NUM_THREADS=1) on a 2-core machine while another 1-thread job (a SASRec "
-        "training run) used the other core, so shared cache / memory bandwidth were contended. Each "
+        f"OMP_NUM_THREADS=MKL_NUM_THREADS=1) {res.get('load_note', LOAD_NOTE)}. Each "
         "(model, N, dtype) case ran in its own fresh subprocess, one at a time.",
         f"Code: {res['code']['note']}.",
         "",
         f"Setup: batch B = {cfg['batch']}, width D = {cfg['d']}, depth {cfg['layers']} layers, {cfg['heads']} heads, "
         f"FFN {cfg['ffn_mult']}D = {cfg['ffn_mult'] * cfg['d']}, dropout 0, Q-Former M = {cfg['queries']} queries. "
-        "Q-Former = `crbr.models.qformer.QFormerEncoder` with an all-True (B, N) key mask; self-attention = "
+        "Q-Former = `crbr.models.qformer.QFormerEncoder` with an all-True (B, N) key mask"
+        + ("; rotary positions (`model.position=rotary`): each step also computes the events' and the cut's "
+           "rotation angles, and the cross-attention rotates queries and keys" if rotary else "")
+        + "; self-attention = "
         f"{cfg['layers']} x `crbr.models.sasrec.CausalBlock(pre_norm=True)` + final LayerNorm with a causal (B, 1, N, N) "
         "bool mask materialized as `SASRec.encode` does (the mask is input: its size, B*N^2 bytes, is in the "
         "baseline, not in the peak). Input: random (B, N, D) fp32 history with requires_grad; loss = sum of the "
@@ -344,6 +363,9 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--ffn-mult", type=int, default=4)
     ap.add_argument("--queries", type=int, default=32)
+    ap.add_argument("--load-note", default=LOAD_NOTE, help="what else ran on the machine (printed with the results)")
+    ap.add_argument("--position", choices=["input", "rotary"], default="input",
+                    help="the Q-Former's position mode (rotary: the cross-attention rotates queries and keys)")
     ap.add_argument("--max-reps", type=int, default=None)
     ap.add_argument("--min-reps", type=int, default=2)
     ap.add_argument("--budget-s", type=float, default=None, help="timed-step budget per case (seconds)")
@@ -379,7 +401,7 @@ def main() -> None:
         print(section)
         md = a.results_md if a.results_md is not None else str(ROOT / "benchmarks" / "RESULTS.md")
         if md:
-            write_section(Path(md), "bench_qformer_efficiency", section)
+            write_section(Path(md), section_key(res), section)
             print(f"wrote the section of {md}", flush=True)
         return
 
@@ -397,7 +419,7 @@ def main() -> None:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/crbr/models/qformer.py", "src/crbr/models/sasrec.py"],
                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
     common = ["--batch", str(a.batch), "--d", str(a.d), "--layers", str(a.layers), "--heads", str(a.heads),
-              "--ffn-mult", str(a.ffn_mult), "--queries", str(a.queries)]
+              "--ffn-mult", str(a.ffn_mult), "--queries", str(a.queries), "--position", a.position]
     mm = spawn(["--worker", "matmul", "--size", str(mm_size), "--max-reps", "5" if a.quick else "10"], 600)
     if "error" in mm:
         sys.exit(f"matmul worker failed: {mm['error']}")
@@ -450,10 +472,10 @@ def main() -> None:
     res = {
         "benchmark": "bench_qformer_efficiency", "date": date, "command": cmdline,
         "dataset": "synthetic random tensors", "machine": machine(),
-        "threads_note": "1 thread on a 2-core machine; another 1-thread job ran on the other core",
+        "threads_note": "1 thread", "load_note": a.load_note,
         "torch": mm.get("torch"),
         "config": {"ns": ns, "dtypes": a.dtypes, "batch": a.batch, "d": a.d, "layers": a.layers, "heads": a.heads,
-                   "ffn_mult": a.ffn_mult, "queries": a.queries, "max_reps": max_reps, "min_reps": a.min_reps,
+                   "ffn_mult": a.ffn_mult, "queries": a.queries, "position": a.position, "max_reps": max_reps, "min_reps": a.min_reps,
                    "budget_s": budget, "threads": 1},
         "matmul": mm, "matmul_after": mm_after if "error" not in mm_after else None,
         "cases": cases, "wall_s": time.perf_counter() - t_run,
@@ -472,7 +494,7 @@ def main() -> None:
     print("\n" + section, flush=True)
     print(f"\nJSON: {json_path}; total {res['wall_s']:.0f} s", flush=True)
     if results_md:
-        write_section(Path(results_md), "bench_qformer_efficiency", section)
+        write_section(Path(results_md), section_key(res), section)
         print(f"wrote the section of {results_md}", flush=True)
 
 
