@@ -35,14 +35,16 @@ RUNS = {
     "qformer_ab": ("qformer", []),
     "qformer_a": ("qformer", ["model.recon_weight=0.0"]),
     "qformer_b": ("qformer", ["model.itc_weight=0.0"]),
-    "qformer_ab_f8": ("qformer", ["model.itc_future=8"]),
+    "qformer_ab_next1": ("qformer", ["model.itc_future=1"]),
+    "qformer_ab_input": ("qformer", ["model.position=input"]),
     "pinnerformer": ("pinnerformer", []),
     "two_tower_pma": ("two_tower", ["model.pooling=pma"]),
     "two_tower_mean": ("two_tower", ["model.pooling=mean"]),
 }
 LABEL = {
     "qformer_ab": "Q-Former A+B (max-sim)", "qformer_a": "Q-Former A only (max-sim)",
-    "qformer_b": "Q-Former B only (max-sim)", "qformer_ab_f8": "Q-Former A+B, Task A on the next 8 events (max-sim)",
+    "qformer_b": "Q-Former B only (max-sim)", "qformer_ab_next1": "Q-Former A+B, Task A on the next item only (max-sim)",
+    "qformer_ab_input": "Q-Former A+B, recency added to the input (max-sim)",
     "pinnerformer": "PinnerFormer-style",
     "two_tower_pma": "Retrieval A: SAB + PMA", "two_tower_mean": "Retrieval A: mean pooling (ablation)",
     "sasrec": "SASRec (foundation)",

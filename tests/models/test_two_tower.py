@@ -92,3 +92,27 @@ def test_two_tower_learns_far_above_random_and_popularity(world, tower_ckpt, fit
         res = ev.evaluate(m.score).metrics
     assert res["Recall@50"] > 3 * random_r50, res
     assert res["NDCG@10"] > 1.3 * pop_res["NDCG@10"] and res["Recall@50"] > pop_res["Recall@50"], (res, pop_res)
+
+
+def test_a_rotary_tower_round_trips_through_retrieval_a(world, tmp_path, fit_steps):
+    """A Q-Former with rotary positions keeps them as Retrieval A's frozen tower (the setting
+    travels in the tower's saved config) and the two-tower trains and reloads over it."""
+    ds, split = world
+    torch.manual_seed(0)
+    q = build_model("qformer", dict(hidden=32, n_queries=4, n_layers=1, n_heads=2, dropout=0.0, max_len=64,
+                                    position="rotary", n_cuts=2), ds, split)
+    tower = tmp_path / "q.safetensors"
+    save_weights(tower, q, "qformer", {})
+    m = build_model("two_tower", dict(tower_checkpoint=str(tower), hidden=32, out_dim=16, n_negatives=32), ds, split)
+    assert m.tower.config.position == "rotary"
+    fit_steps(m, ds, split, 3)
+    path = tmp_path / "tt.safetensors"
+    save_weights(path, m, "two_tower", {})
+    m2, _ = load_model_from_checkpoint(path)
+    users = np.arange(8)
+    b = train_batch(ds, users, split.train_len[users], 64)
+    m.eval()
+    q.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m.score(b), m2.score(b))
+        torch.testing.assert_close(m.tower.encode(b).tokens, q.encode(b).tokens)
