@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -411,7 +412,7 @@ def main() -> None:
     mm_size = a.matmul_size or (1024 if a.quick else 2048)
     json_path = Path(a.json or ("/tmp/bench_qformer_efficiency_quick.json" if a.quick else "/tmp/bench_qformer_efficiency.json"))
     results_md = a.results_md if a.results_md is not None else ("" if a.quick else str(ROOT / "benchmarks" / "RESULTS.md"))
-    cmdline = "python benchmarks/bench_qformer_efficiency.py" + ("".join(f" {x}" for x in sys.argv[1:]))
+    cmdline = " ".join(["python benchmarks/bench_qformer_efficiency.py", *map(shlex.quote, sys.argv[1:])])
 
     t_run = time.perf_counter()
     date = time.strftime("%Y-%m-%d %H:%M")
