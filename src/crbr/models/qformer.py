@@ -112,8 +112,9 @@ class QFormerConfig:
 
 @dataclass
 class QFormerOutput:
-    """tokens: (B, M, D) user tokens; attn: (B, M, N+1) last block's head-averaged cross-attention
-    over [null key, history] (only when requested, else None)."""
+    """tokens: (B, M, D) user tokens, or (B, S, M, D) for S query sets (see QFormerEncoder);
+    attn: (B, M, N+1) last block's head-averaged cross-attention over [null key, history] (only
+    when requested, else None)."""
 
     tokens: torch.Tensor
     attn: torch.Tensor | None = None
