@@ -163,6 +163,11 @@ def future_targets(targets: torch.Tensor, cut: torch.Tensor, k: int) -> torch.Te
     return torch.where(j < N, got, torch.zeros_like(j))
 
 
+def newest(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of each row's last True column of a (B, N) mask (N - 1 for an all-False row)."""
+    return mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
+
+
 def choose_cuts(targets: torch.Tensor, n: int, random: bool) -> torch.Tensor:
     """(B, n) distinct cut indices per row, among the positions that have a target.
 
@@ -479,7 +484,7 @@ class QFormer(Recommender):
         items = batch["items"]
         vis = items > 0 if visible is None else visible & (items > 0)
         if self.config.position == "rotary":  # the prediction point is the newest event
-            cut = (items.shape[1] - 1 - (items > 0).flip(1).long().argmax(1))[:, None]  # (B, 1)
+            cut = newest(items > 0)[:, None]  # (B, 1)
             return self.encoder(self._history(batch, None), vis, need_weights, rope=self._rope(batch, cut))
         return self.encoder(self._history(batch, items > 0), vis, need_weights)
 
@@ -514,9 +519,9 @@ class QFormer(Recommender):
         K = int(n_mask.max()) if B else 0
         if K == 0:
             return torch.zeros(B, 0, dtype=torch.long, device=visible.device), torch.zeros(B, 0, dtype=torch.bool, device=visible.device)
-        newest = N - 1 - visible.flip(1).long().argmax(1)  # index of the newest visible event
+        last = newest(visible)  # index of the newest visible event
         cand = visible.clone()
-        cand[torch.arange(B, device=visible.device), newest] = False
+        cand[torch.arange(B, device=visible.device), last] = False
         r = torch.rand(B, N, device=visible.device).masked_fill(~cand, 2.0)
         idx = r.topk(K, dim=1, largest=False).indices  # (B, K) random candidate slots first
         ok = torch.arange(K, device=visible.device)[None, :] < n_mask[:, None]
