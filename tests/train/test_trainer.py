@@ -196,7 +196,7 @@ def test_ddp_two_processes_train_and_evaluate(tmp_path):
             "data.synthetic.n_items=300", "data.synthetic.n_categories=10", "data.synthetic.history_median=30",
             "data.synthetic.max_history=300", "model.max_len=20", "model.hidden=32", "train.epochs=2",
             "train.progress=false", "train.threads=1"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "crbr.cli.main", "train", *base]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
@@ -222,7 +222,7 @@ def test_ddp_trains_a_model_whose_batches_leave_parameters_unused(tmp_path):
     reduction in the prior iteration")."""
     env = {**os.environ, "CRBR_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "crbr.cli.main", "train", "-c", str(ROOT / "configs" / "quickstart.yaml"), f"out_dir={out}",
            "data.synthetic.n_users=200", "data.synthetic.n_items=300", "data.synthetic.n_categories=10",
            "data.synthetic.history_median=30", "data.synthetic.max_history=300",
