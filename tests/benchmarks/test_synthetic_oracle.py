@@ -75,3 +75,37 @@ def test_inferred_tastes_sit_between_a_taste_blind_oracle_and_the_oracle():
     oracle, inferred, taste_blind = expected_recall(p), expected_recall(pt), expected_recall(blind.next_item_probs(users, t))
     assert inferred <= oracle + 1e-9  # the oracle's list is the best under p
     assert inferred > taste_blind + 0.02, (inferred, taste_blind, oracle)  # the history tells the tastes apart
+
+
+def test_history_estimate_equals_the_inferred_taste_oracle_when_nothing_else_is_hidden():
+    """One interest, no exploration, no repeats: the state, the weights and every event's kind
+    are determined by the history, so the EM fit must hand the taste sampler exactly what the
+    oracle with inferred tastes hands it."""
+    from crbr.data.synthetic import SyntheticConfig, generate
+
+    so = module()
+    world = generate(SyntheticConfig.tiny(n_users=40, min_interests=1, max_interests=1, exploration=0.0,
+                                          repeat_prob=0.0))
+    users = np.arange(40)
+    t = np.diff(np.asarray(world.dataset.offsets)) - 1
+    kw = dict(steps=30, burn=10, chains=4)
+    est = so.history_estimate_probs(world, users, t, em_iters=3, **kw)
+    assert np.allclose(est, so.inferred_taste_probs(world, users, t, **kw), atol=1e-12)
+
+
+def test_history_estimate_is_a_distribution_that_beats_popularity():
+    from crbr.data.synthetic import SyntheticConfig, generate
+
+    so = module()
+    world = generate(SyntheticConfig.tiny(n_users=120))
+    users = np.arange(120)
+    t = np.diff(np.asarray(world.dataset.offsets)) - 1
+    p = world.next_item_probs(users, t)
+    est = so.history_estimate_probs(world, users, t, steps=100, burn=50, chains=4)
+    assert np.allclose(est.sum(1), 1.0) and est[:, 0].max() == 0.0
+
+    def expected_recall(q, k=10):
+        return np.take_along_axis(p, np.argsort(-q, axis=1, kind="stable")[:, :k], 1).sum(1).mean()
+
+    pop = np.tile(world.item_popularity, (len(users), 1))
+    assert expected_recall(pop) + 0.1 < expected_recall(est) <= expected_recall(p) + 1e-9
