@@ -133,40 +133,17 @@ def taste_predictive(S: np.ndarray, n: np.ndarray, logpop: np.ndarray, styles: n
     return out / (steps - burn)
 
 
-def _catalogue(world):
-    """Per-category item lists and the quantities every predictive below shares."""
-    cat, pop = world.item_category, world.item_popularity
-    C = len(world.category_centroids)
-    mass = np.bincount(cat[1:], weights=pop[1:], minlength=C)
-    order = np.argsort(cat[1:], kind="stable") + 1  # item ids grouped by primary category, ascending within
-    bounds = np.searchsorted(cat[order], np.arange(C + 1))
-    explore_item = np.zeros(len(cat))
-    explore_item[1:] = pop[1:] / mass[cat[1:]]  # P(i | an exploration step lands in c(i))
-    kappa = world.config.affinity_strength * math.sqrt(world.item_styles.shape[1])
-    return [order[bounds[c]: bounds[c + 1]] for c in range(C)], explore_item, kappa
-
-
 def _add_tastes(world, out: np.ndarray, by_cat: dict, seed: int, **mcmc) -> None:
     """out[k, members of c] += weight x the taste posterior predictive, for every
     (k, style sum, n, weight) of by_cat[c]; one batched Metropolis run per category."""
-    members, _, kappa = _catalogue(world)
+    kappa = world.config.affinity_strength * math.sqrt(world.item_styles.shape[1])
     rng = np.random.default_rng(seed)
     for c, group in sorted(by_cat.items()):
-        m = members[c]
+        m = world.category_members[c]
         pred = taste_predictive(np.stack([g[1] for g in group]), np.array([g[2] for g in group]),
                                 np.log(world.item_popularity[m]), world.item_styles[m], kappa, rng, **mcmc)
         for (k, _, _, weight), row in zip(group, pred):
             out[k, m] += weight * row
-
-
-def _add_repeats(world, out: np.ndarray, users: np.ndarray, t: np.ndarray) -> None:
-    """The generator's repeat step: scale by 1 - rho and add repeat_prob / W per recent occurrence."""
-    cfg, ds = world.config, world.dataset
-    off, items = np.asarray(ds.offsets), np.asarray(ds.items)
-    for k, (u, tt) in enumerate(zip(np.asarray(users).tolist(), np.asarray(t).tolist())):
-        n_back = min(tt, cfg.repeat_window)
-        out[k] *= 1 - cfg.repeat_prob * n_back / cfg.repeat_window
-        np.add.at(out[k], items[off[u] + tt - n_back: off[u] + tt], cfg.repeat_prob / cfg.repeat_window)
 
 
 def inferred_taste_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 0, **mcmc) -> np.ndarray:
@@ -178,13 +155,12 @@ def inferred_taste_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 0,
     mass of the best list under the predictive given what it conditions on, and conditioning on
     more can only raise the expected best mass)."""
     cfg, ds = world.config, world.dataset
-    off, items, cat = np.asarray(ds.offsets), np.asarray(ds.items), world.item_category
-    C = len(world.category_centroids)
-    _, explore_item, _ = _catalogue(world)
+    off, items = np.asarray(ds.offsets), np.asarray(ds.items)
+    users, t = np.asarray(users).tolist(), np.asarray(t).tolist()
     io = world.interest_offsets
-    out = np.zeros((len(users), len(cat)))
-    by_cat: dict[int, list] = {}  # category -> [(row k, style sum, n, weight)]
-    for k, (u, tt) in enumerate(zip(np.asarray(users).tolist(), np.asarray(t).tolist())):
+    mass = np.zeros((len(users), len(world.item_category)))  # each row: the interest steps' distribution
+    by_cat: dict[int, list] = {}  # category -> [(row k, style sum, n, P(z_t = j))]
+    for k, (u, tt) in enumerate(zip(users, t)):
         rows = np.arange(io[u], io[u + 1])
         cats, w = world.interest_categories[rows], world.interest_weights[rows]
         pz = (1 - cfg.stickiness) * w + cfg.stickiness * (cats == world.event_state[off[u] + tt - 1])
@@ -192,14 +168,10 @@ def inferred_taste_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 0,
         step = ~world.event_explore[sl] & ~world.event_repeat[sl]  # interest steps: item drawn by a taste
         for j, c in enumerate(cats.tolist()):
             sel = step & (world.event_state[sl] == c)
-            by_cat.setdefault(c, []).append(
-                (k, world.item_styles[items[sl][sel]].sum(0), int(sel.sum()), (1 - cfg.exploration) * pz[j]))
-        outside = np.ones(C, dtype=bool)
-        outside[cats] = False
-        out[k] = cfg.exploration * np.where(outside[np.maximum(cat, 0)], explore_item, 0.0) / outside.sum()
-    _add_tastes(world, out, by_cat, seed, **mcmc)
-    _add_repeats(world, out, users, t)
-    return out
+            by_cat.setdefault(c, []).append((k, world.item_styles[items[sl][sel]].sum(0), int(sel.sum()), pz[j]))
+    _add_tastes(world, mass, by_cat, seed, **mcmc)
+    return np.stack([world.mixture_probs(u, tt, mass[k], world.interest_categories[io[u]: io[u + 1]])
+                     for k, (u, tt) in enumerate(zip(users, t))])
 
 
 def history_estimate_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 0, em_iters: int = 10,
@@ -221,26 +193,27 @@ def history_estimate_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 
     An interest the history never shows is reachable only through the exploration term."""
     cfg, ds = world.config, world.dataset
     off, items, acts = np.asarray(ds.offsets), np.asarray(ds.items), np.asarray(ds.actions)
-    cat, styles = world.item_category, world.item_styles
+    cat, styles, within = world.item_category, world.item_styles, world.within_category_popularity
     C = len(world.category_centroids)
-    _, explore_item, _ = _catalogue(world)
     s, x, W, rp = cfg.stickiness, cfg.exploration, cfg.repeat_window, cfg.repeat_prob
     p_int, p_exp = np.array(cfg.interest_action_probs), np.array(cfg.explore_action_probs)
     p_any = (1 - x) * p_int + x * p_exp  # a repeat inherits its original's kind
-    out = np.zeros((len(users), len(cat)))
+    users, t = np.asarray(users).tolist(), np.asarray(t).tolist()
+    mass = np.zeros((len(users), len(cat)))  # each row: the interest steps' distribution
+    interests: list[np.ndarray] = []  # per row, the categories counted as interests
     by_cat: dict[int, list] = {}
-    for k, (u, T) in enumerate(zip(np.asarray(users).tolist(), np.asarray(t).tolist())):
+    for k, (u, T) in enumerate(zip(users, t)):
         h = items[off[u]: off[u] + T]
         a = acts[off[u]: off[u] + T].astype(np.int64) - 1  # action ids 1.. -> rows of the action probabilities
         cands, col = np.unique(cat[h], return_inverse=True)  # (M,) states; col: (T,) each event's own state
         M = len(cands)
         rho = rp * np.minimum(np.arange(T), W) / W
         rep = np.array([rp / W * np.count_nonzero(h[max(0, e - W): e] == h[e]) for e in range(T)])
-        e_int = (1 - rho) * (1 - x) * explore_item[h] * p_int[a]  # interest emission by the event's own state
+        e_int = (1 - rho) * (1 - x) * within[h] * p_int[a]  # interest emission by the event's own state
         w = np.bincount(col, minlength=M) / T
         for _ in range(em_iters):
             n_int = int(np.clip((w >= interest_min_weight).sum(), 1, cfg.max_interests))
-            rest = (1 - rho) * x * explore_item[h] / (C - n_int) * p_exp[a] + rep * p_any[a]  # (T,) any state
+            rest = (1 - rho) * x * within[h] / (C - n_int) * p_exp[a] + rep * p_any[a]  # (T,) any state
             em = np.repeat(rest[:, None], M, 1)
             em[np.arange(T), col] += e_int  # (T, M)
             alpha = np.empty((T, M))
@@ -258,17 +231,12 @@ def history_estimate_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 
             w = gamma.sum(0) / T
         resp = gamma[np.arange(T), col] * e_int / em[np.arange(T), col]  # P(event e is an interest step)
         pz = s * alpha[-1] + (1 - s) * w
-        interests = w >= interest_min_weight
         for m, c in enumerate(cands.tolist()):
             ev = col == m
-            by_cat.setdefault(c, []).append(
-                (k, (resp[ev, None] * styles[h[ev]]).sum(0), float(resp[ev].sum()), (1 - x) * pz[m]))
-        outside = np.ones(C, dtype=bool)
-        outside[cands[interests]] = False
-        out[k] = x * np.where(outside[np.maximum(cat, 0)], explore_item, 0.0) / outside.sum()
-    _add_tastes(world, out, by_cat, seed, **mcmc)
-    _add_repeats(world, out, users, t)
-    return out
+            by_cat.setdefault(c, []).append((k, (resp[ev, None] * styles[h[ev]]).sum(0), float(resp[ev].sum()), pz[m]))
+        interests.append(cands[w >= interest_min_weight])
+    _add_tastes(world, mass, by_cat, seed, **mcmc)
+    return np.stack([world.mixture_probs(u, tt, mass[k], interests[k]) for k, (u, tt) in enumerate(zip(users, t))])
 
 
 def main() -> None:

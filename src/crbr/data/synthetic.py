@@ -85,6 +85,7 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import tempfile
@@ -316,14 +317,9 @@ class SyntheticWorld:
         off = np.asarray(ds.offsets)
         if np.any(t < 1) or np.any(t >= np.diff(off)[users]):
             raise ValueError("next_item_probs: every t must satisfy 1 <= t < the user's history length")
-        I, C = len(self.item_category), len(self.category_centroids)
-        cat = self.item_category
-        pop = self.item_popularity
-        mass = np.bincount(cat[1:], weights=pop[1:], minlength=C)  # (C,)
+        I = len(self.item_category)
         scale = cfg.affinity_strength * math.sqrt(self.item_styles.shape[1])
-        items = np.asarray(ds.items)
-        order = np.argsort(cat[1:], kind="stable") + 1  # item ids grouped by primary category
-        bounds = np.searchsorted(cat[order], np.arange(C + 1))
+        pop = self.item_popularity
         logpop = np.log(np.where(pop > 0, pop, 1.0))
         out = np.zeros((len(users), I), dtype=np.float64)
         io = self.interest_offsets
@@ -332,21 +328,51 @@ class SyntheticWorld:
             cats, w = self.interest_categories[rows], self.interest_weights[rows]
             prev = self.event_state[off[u] + tt - 1]
             pz = (1 - cfg.stickiness) * w + cfg.stickiness * (cats == prev)  # (K,)
-            base = np.zeros(I)
+            interest_mass = np.zeros(I)
             for j, c in enumerate(cats.tolist()):
-                members = order[bounds[c] : bounds[c + 1]]
+                members = self.category_members[c]
                 logit = logpop[members] + scale * (self.item_styles[members] @ self.interest_tastes[rows[j]])
                 p = np.exp(logit - logit.max())
-                base[members] += (1 - cfg.exploration) * pz[j] * p / p.sum()
-            outside = np.ones(C, dtype=bool)
-            outside[cats] = False
-            ex = np.zeros(I)
-            ex[1:] = np.where(outside[cat[1:]], pop[1:] / mass[cat[1:]], 0.0) / outside.sum()
-            base += cfg.exploration * ex
-            n_back = min(tt, cfg.repeat_window)
-            rho = cfg.repeat_prob * n_back / cfg.repeat_window
-            out[k] = (1 - rho) * base
-            np.add.at(out[k], items[off[u] + tt - n_back : off[u] + tt], cfg.repeat_prob / cfg.repeat_window)
+                interest_mass[members] += pz[j] * p / p.sum()
+            out[k] = self.mixture_probs(u, tt, interest_mass, cats)
+        return out
+
+    @functools.cached_property
+    def category_members(self) -> list[np.ndarray]:
+        """Per category c, the ids of the items whose primary category is c, ascending."""
+        cat = self.item_category
+        order = np.argsort(cat[1:], kind="stable") + 1
+        bounds = np.searchsorted(cat[order], np.arange(len(self.category_centroids) + 1))
+        return [order[bounds[c]: bounds[c + 1]] for c in range(len(self.category_centroids))]
+
+    @functools.cached_property
+    def within_category_popularity(self) -> np.ndarray:
+        """(I,) pop_i / mass(c(i)): the item distribution of an exploration step that lands in c(i)
+        (also an interest step's distribution when tastes are ignored). 0 for padding."""
+        cat, pop = self.item_category, self.item_popularity
+        mass = np.bincount(cat[1:], weights=pop[1:], minlength=len(self.category_centroids))
+        out = np.zeros(len(cat))
+        out[1:] = pop[1:] / mass[cat[1:]]
+        return out
+
+    def mixture_probs(self, u: int, t: int, interest_mass: np.ndarray, interests: np.ndarray) -> np.ndarray:
+        """(I,) the generator's P(item of event t of user u) from its parts (steps 12-13):
+
+            (1 - rho) [(1 - x) interest_mass + x P_explore] + rep,
+
+        with interest_mass (I,) the interest steps' distribution (sum_j P(z_t = j) P(i | j), summing
+        to 1), P_explore spread over the categories outside `interests` (category ids) and rep, rho
+        the repeats of the last `repeat_window` events before t. `next_item_probs` fills in the
+        ground truth; a model of the user can fill in its own estimates."""
+        cfg, ds = self.config, self.dataset
+        outside = np.ones(len(self.category_centroids), dtype=bool)
+        outside[np.asarray(interests, dtype=np.int64)] = False
+        explore = np.where(outside[np.maximum(self.item_category, 0)], self.within_category_popularity, 0.0)
+        n_back = min(t, cfg.repeat_window)
+        out = (1 - cfg.repeat_prob * n_back / cfg.repeat_window) * (
+            (1 - cfg.exploration) * interest_mass + cfg.exploration * explore / outside.sum())
+        start = int(np.asarray(ds.offsets)[u]) + t
+        np.add.at(out, np.asarray(ds.items)[start - n_back: start], cfg.repeat_prob / cfg.repeat_window)
         return out
 
     def save_ground_truth(self, path: str | os.PathLike) -> Path:
