@@ -24,7 +24,7 @@ Item sides:
   Retrieval A      the trained two-tower's item vectors (what CRBR searches)
   SASRec           the trained SASRec's item embeddings
 
-    python benchmarks/item_side_ceiling.py --runs /work/bench/crbr/synthetic [--paths 1 4] [--steps 1000] [--lr 0.05]
+    python benchmarks/item_side_ceiling.py --runs /work/bench/crbr/synthetic [--paths 1 4] [--steps 1000] [--lr 0.2] [--limit 800]
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--runs", default=None, help="bench_crbr.py's synthetic folder (with two_tower/ and sasrec/)")
     ap.add_argument("--paths", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--lr", type=float, default=0.05, help="Adam's learning rate")
+    ap.add_argument("--lr", type=float, default=0.2, help="Adam's learning rate")
     ap.add_argument("--fit-to", nargs="+", default=["exact", "estimate"], choices=["exact", "estimate"],
                     help="exact = the generator's p (an oracle user side); estimate = synthetic_oracle.py's "
                          "history-only estimate (EM + Bayes tastes, minutes)")
