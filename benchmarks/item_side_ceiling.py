@@ -1,6 +1,6 @@
 """How far can P linear queries over a given item side get on the synthetic world?
 
-CRBR (issue 5) retrieves with B = 4 query vectors over Retrieval A's item vectors, so its recall
+CRBR retrieves with B = 4 query vectors over Retrieval A's item vectors, so its recall
 is bounded by what any 4 queries over those vectors can express, however well they are routed.
 This script measures that bound's best fit: for every test user (leave-one-out, as bench_crbr.py)
 the generator's exact next-item distribution p (`SyntheticWorld.next_item_probs`) is
@@ -8,14 +8,17 @@ approximated by a mixture of P softmaxes over the item side V,
 
     m(i) = sum_k w_k softmax(V q_k)_i,      min over q_1..q_P, w of  KL(p || m),
 
-fitted per user by Adam (the queries start at the p-weighted mean item vector of the user's P
-most likely interests). The top 50 of m over the whole catalogue is then scored against p: its
-expected Recall@50 (the mass of p it holds) and its realized Recall@50 (the test item in it).
-The mixture's full ranking is at least as good as a per-path search + merge of the same queries.
+fitted per user by Adam (the queries start at the target's mean item vectors over the P
+categories holding most of it). The target is p itself (`--fit-to exact`) or the history-only
+estimate of synthetic_oracle.py (`--fit-to estimate`). The top 50 of m over the whole catalogue is
+then scored against p: its expected Recall@50 (the mass of p it holds) and its realized Recall@50
+(the test item in it). Ranking by m stands in for a per-path search and merge of the same queries
+(CRBR's `mixture` merge rule).
 
-The fit knows p, so it is an oracle for the user side: the only limit left is the item side and
-P. It is a fit, not a proof: a better optimizer or a recall-shaped objective could do somewhat
-better; `--steps` shows how much longer fitting moves it.
+Fitted to p, the user side is an oracle and only the item side and P limit the list; fitted to
+the estimate, it is what P queries over V reach with the history read as well as that Bayes
+estimate reads it. Either is a fit, not a proof: a better optimizer or a recall-shaped objective
+could do somewhat better; `--steps` shows how much longer fitting moves it.
 
 Item sides:
   truth            the generator's own features [s_i, 10 x onehot(category), log pop_i]: one
