@@ -47,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import machine_line, write_section  # noqa: E402
 from bench_crbr import SYNTHETIC  # noqa: E402
-
-K = 50
+from synthetic_oracle import K, evaluate, heldout_events, history_estimate_probs  # noqa: E402
 
 
 def fit_mixture(p: torch.Tensor, V: torch.Tensor, init: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
@@ -132,32 +131,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    from crbr.data.dataset import leave_one_out
     from crbr.data.synthetic import SyntheticConfig, generate
 
     t0 = time.perf_counter()
     world = generate(SyntheticConfig(**SYNTHETIC))
     ds = world.dataset
-    es = leave_one_out(ds).test
-    users, t = np.asarray(es.users), np.asarray(es.hist_len)
-    target = np.asarray(ds.items)[np.asarray(ds.offsets)[users] + t]
-    o = world.interest_offsets
-    multi = np.diff(o)[users] >= 3
-    users, t, target = users[multi], t[multi], target[multi]
-    if args.limit:
-        users, t, target = users[: args.limit], t[: args.limit], target[: args.limit]
+    users, t, target, interests = heldout_events(world)
+    keep = np.nonzero([len(i) >= 3 for i in interests])[0][: args.limit or None]
+    users, t, target, interests = users[keep], t[keep], target[keep], [interests[k] for k in keep]
     p = world.next_item_probs(users, t)  # (U, I)
     fits = {"exact": p}
     if "estimate" in args.fit_to:
-        from synthetic_oracle import history_estimate_probs
-
         fits["estimate"] = history_estimate_probs(world, users, t, seed=0)
+    everyone = np.ones(len(users), dtype=bool)
 
     def score(logm: np.ndarray) -> tuple[float, float]:
-        top = np.argsort(-logm, axis=1, kind="stable")[:, :K]
-        expected = np.take_along_axis(p, top, 1).sum(1).mean()
-        realized = (top == target[:, None]).any(1).mean()
-        return float(expected), float(realized)
+        r = evaluate(p, np.argsort(-logm, axis=1, kind="stable")[:, :K], target, interests, ds, everyone)
+        return float(r["expected_Recall@50"]), float(r["Recall@50"])
 
     label = {"exact": "the exact p (oracle)", "estimate": "the history estimate"}
     rows = [(label[f], "itself", "-", *score(np.log(np.maximum(fits[f], 1e-300))), 0.0) for f in args.fit_to]

@@ -239,6 +239,20 @@ def history_estimate_probs(world, users: np.ndarray, t: np.ndarray, seed: int = 
     return np.stack([world.mixture_probs(u, tt, mass[k], interests[k]) for k, (u, tt) in enumerate(zip(users, t))])
 
 
+def heldout_events(world) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The leave-one-out test events of the world: users (n,), each event's index t (n,) (= the
+    visible history's length), the target items (n,) and each user's true interest categories."""
+    from crbr.data.dataset import leave_one_out
+
+    ds = world.dataset
+    es = leave_one_out(ds).test
+    users, t = np.asarray(es.users), np.asarray(es.hist_len)
+    target = np.asarray(ds.items)[np.asarray(ds.offsets)[users] + t]
+    assert np.array_equal(target, es.target_items[es.target_offsets[:-1]]), "test targets do not match"
+    o = world.interest_offsets
+    return users, t, target, [world.interest_categories[o[u]:o[u + 1]] for u in users]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compare", default=None, help="bench.json of a bench_crbr.py run on the synthetic world")
@@ -250,20 +264,12 @@ def main() -> None:
     args = ap.parse_args()
     import dataclasses
 
-    from crbr.data.dataset import leave_one_out
     from crbr.data.synthetic import SyntheticConfig, generate
 
     t0 = time.perf_counter()
     world = generate(SyntheticConfig(**SYNTHETIC))
     ds = world.dataset
-    split = leave_one_out(ds)
-    es = split.test
-    users = np.asarray(es.users)
-    t = np.asarray(es.hist_len)  # the test event's index = the visible history's length
-    target = np.asarray(ds.items)[np.asarray(ds.offsets)[users] + t]
-    assert np.array_equal(target, es.target_items[es.target_offsets[:-1]]), "test targets do not match"
-    o = world.interest_offsets
-    interests = [world.interest_categories[o[u]:o[u + 1]] for u in users]
+    users, t, target, interests = heldout_events(world)
     multi = np.array([len(i) >= 3 for i in interests])
 
     rows = {}
