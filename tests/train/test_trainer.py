@@ -239,3 +239,16 @@ def test_bf16_autocast_trains_and_evaluates_in_fp32(world, tmp_path):
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
     assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
     assert res.test.metrics["NDCG@10"] > 0
+
+
+def test_shutdown_distributed_leaves_the_group(tmp_path):
+    """`shutdown_distributed` is a no-op without a process group and destroys one that exists."""
+    import torch.distributed as dist
+
+    from crbr.train.distributed import shutdown_distributed
+
+    shutdown_distributed()  # nothing to leave
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown_distributed()
+    assert not dist.is_initialized()

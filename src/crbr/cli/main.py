@@ -328,13 +328,26 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides or []) + extra
     _setup_logging(args.verbose)
+    ok = False
     try:
-        return args.func(args)
+        rc = args.func(args)
+        ok = rc == 0
+        return rc
     except (ValueError, KeyError, FileNotFoundError, TypeError) as e:
         if args.verbose:
             raise
         print(f"crbr: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group(ok)
+
+
+def _leave_process_group(ok: bool) -> None:
+    """Under torchrun, tear the process group down before the interpreter exits (see `shutdown_distributed`)."""
+    if "torch.distributed" in sys.modules:  # never import torch just to find there is nothing to do
+        from ..train.distributed import shutdown_distributed
+
+        shutdown_distributed(ok)
 
 
 if __name__ == "__main__":

@@ -36,3 +36,20 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank, world, local, dev)
+
+
+def shutdown_distributed(ok: bool = True) -> None:
+    """Leave the process group torchrun set up; a no-op when there is none.
+
+    On success every rank first meets at a barrier, so none tears its group down while another still talks
+    to it. Without an explicit `destroy_process_group`, gloo's worker threads are torn down at interpreter
+    exit, which can abort the process ("terminate called without an active exception") after all the work
+    is done. After a failure the barrier is skipped: the other ranks may never reach it.
+    """
+    if not dist.is_initialized():
+        return
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
