@@ -14,7 +14,9 @@ epochs (1 local epoch per round, all clients every round: the same total epochs 
 over the whole catalogue, history not masked, best-validation checkpoint tested. The
 `residual_warm` row is the residual mixture whose backbone starts from the SASRec-alone run of the
 same seed (`model.backbone_checkpoint`), so it needs that run (in OUT) first; `residual_fixed`
-keeps the gate at its initial value (`model.learn_gate=false`, g = 0.1).
+keeps the gate at its initial value (`model.learn_gate=false`, g = 0.1). `residual_frozen` trains the
+mixture on top of that SASRec-alone run with the backbone frozen (`model.freeze_backbone=true`);
+`residual_sg` lets only the backbone's own term train the item table (`model.branch_stop_grad=true`).
 
 Bars (issue): residual >= SASRec alone and >= competitive on test NDCG@10 (mean over seeds);
 residual with noise experts within 2% of SASRec alone; federated within 10% of centralized
@@ -43,6 +45,10 @@ RUNS = {  # name -> (command, config, label)
     "residual": ("train", "residual_ml100k.yaml", "residual enhancement (genres + MiniLM text)"),
     "residual_warm": ("train", "residual_ml100k.yaml",  # + the SASRec-alone run of the same seed as backbone
                       "residual enhancement, backbone warm-started from SASRec alone"),
+    "residual_frozen": ("train", "residual_ml100k.yaml",  # + that SASRec as backbone, frozen (ROW_OVERRIDES)
+                        "residual enhancement on the frozen SASRec-alone backbone"),
+    "residual_sg": ("train", "residual_ml100k.yaml",  # + ROW_OVERRIDES: expert terms score with stopgrad(e_i)
+                    "residual enhancement, expert terms send no gradient into the item table"),
     "residual_fixed": ("train", "residual_ml100k.yaml",  # + ROW_OVERRIDES: g stays at gating_init
                        "residual enhancement, gate fixed at gating_init 0.1 (not learned)"),
     "competitive": ("train", "residual_ml100k_competitive.yaml", "competitive mixture (3-way router)"),
@@ -53,7 +59,9 @@ RUNS = {  # name -> (command, config, label)
 }
 # sasrec_ml100k.yaml trains at lr 2e-3 with bf16 autocast (its side-by-side settings); the mixture
 # configs at lr 1e-3 in fp32. The SASRec row takes the mixtures' settings, so rows differ only in the model.
-ROW_OVERRIDES = {"sasrec": ["train.lr=0.001", "train.bf16=false"], "residual_fixed": ["model.learn_gate=false"]}
+ROW_OVERRIDES = {"sasrec": ["train.lr=0.001", "train.bf16=false"], "residual_fixed": ["model.learn_gate=false"],
+                 "residual_frozen": ["model.freeze_backbone=true"], "residual_sg": ["model.branch_stop_grad=true"]}
+WARM = ("residual_warm", "residual_frozen")  # rows whose backbone starts from the same seed's SASRec-alone run
 REDUCED = ["train.windows=last", "train.batch_size=64", "train.epochs=40", "train.patience=10"]
 REDUCED_FED = ["federated.local_batch_size=8"]  # ~94 users per client: batch 8 = ~12 local steps per round
 BEGIN, END = "<!-- run_residual:begin -->", "<!-- run_residual:end -->"
@@ -154,7 +162,9 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
          "" if res is None or s is None else f" ({res:.4f} vs {s:.4f}, {100 * (res / s - 1):+.1f}%)")
     for key, what, note in (("residual_fixed", "residual with the gate fixed at 0.1", ""),
                             ("residual_warm", "residual warm-started from SASRec alone",
-                             "; its training starts where SASRec's ended")):
+                             "; its training starts where SASRec's ended"),
+                            ("residual_frozen", "residual on the frozen SASRec-alone backbone", ""),
+                            ("residual_sg", "residual, no expert gradient into the item table", "")):
         v = mean(key)
         if v is not None and s is not None:
             line(f"{what} >= SASRec alone (NDCG@10)", v >= s, f" ({v:.4f} vs {s:.4f}, {100 * (v / s - 1):+.1f}%{note})")
@@ -217,11 +227,11 @@ def main() -> None:
             if name == "federated" and rounds is None and "residual" in results:
                 rounds = next((r["epochs"] for r in results["residual"] if r["seed"] == seed), None)
             ov = overrides + (REDUCED_FED if args.reduced and name == "federated" else [])
-            if name == "residual_warm":  # the backbone starts from this seed's SASRec-alone run
+            if name in WARM:  # the backbone starts from this seed's SASRec-alone run
                 sasrec = out / f"sasrec_s{seed}" / "checkpoints" / "best.safetensors"
                 if not sasrec.exists():
-                    sys.exit(f"residual_warm needs the SASRec-alone run of seed {seed} ({sasrec}): run it first "
-                             "(--runs sasrec residual_warm ...)")
+                    sys.exit(f"{name} needs the SASRec-alone run of seed {seed} ({sasrec}): run it first "
+                             f"(--runs sasrec {name} ...)")
                 ov = ov + [f"model.backbone_checkpoint={sasrec}"]
             results.setdefault(name, []).append(run_one(name, seed, out, args.threads, ov, rounds, args.reuse))
     total = time.perf_counter() - t_start

@@ -250,3 +250,51 @@ def test_backbone_warm_start_loads_a_matching_sasrec_and_rejects_another(tmp_pat
         build_model("residual_mixture", {**params, "hidden": 32, "backbone_checkpoint": str(path)}, ds, split)
     with pytest.raises(FileNotFoundError, match="backbone_checkpoint"):
         build_model("residual_mixture", {**params, "backbone_checkpoint": str(tmp_path / "nope.safetensors")}, ds, split)
+
+
+def test_branch_stop_grad_keeps_scores_and_sends_the_item_table_only_the_backbone_gradient():
+    """branch_stop_grad: same scores as the seed's model; the item table's gradient is exactly the
+    gradient of the backbone's own term LN(seq).e_i, the expert terms add nothing to it."""
+    plain, sg = make(gating_init=0.3), make(gating_init=0.3, branch_stop_grad=True)
+    b = batch()
+    assert torch.equal(plain.score(b), sg.score(b))
+    D = sg.config.hidden
+    u = sg.user_embedding(b).detach()  # (B, 3D)
+    (u @ sg.item_vectors().T).pow(2).sum().backward()
+    got = sg.backbone.item_emb.weight.grad.clone()
+    E = sg.backbone.item_emb.weight
+    E.grad = None
+    (u[:, :D] @ E.T + (u[:, D:] @ sg.item_vectors()[:, D:].detach().T)).pow(2).sum().backward()
+    assert torch.allclose(got, E.grad, atol=1e-5)
+    E.grad = None
+    (u @ plain.item_vectors().T).pow(2).sum().backward()
+    assert not torch.allclose(got, plain.backbone.item_emb.weight.grad, atol=1e-3)  # the seed's model differs
+
+
+def test_freeze_backbone_trains_everything_but_the_warm_started_sasrec(tmp_path):
+    """freeze_backbone: after a training step the backbone still equals the SASRec it started from
+    (and runs without dropout), while the experts, router and gate moved; without a checkpoint it is refused."""
+    from crbr.models import SASRec, SASRecConfig
+    from crbr.train.checkpoint import save_weights
+
+    ds = generate(SyntheticConfig.tiny(seed=3)).dataset
+    split = leave_one_out(ds)
+    arch = {"max_len": 12, "hidden": 16, "n_heads": 2, "n_layers": 1}
+    torch.manual_seed(5)
+    sas = SASRec(SASRecConfig(n_items=ds.n_items, n_actions=ds.n_actions, **arch))
+    path = save_weights(tmp_path / "sasrec.safetensors", sas, "sasrec", {})
+    params = {**arch, "vis_features": "categories", "sem_features": "random:8:3", "dropout": 0.5,
+              "backbone_checkpoint": str(path), "freeze_backbone": True}
+    m = build_model("residual_mixture", params, ds, split).train()
+    assert not m.backbone.training and m.vis_expert.training
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    items = torch.tensor([[0, 3, 4, 5, 6], [7, 8, 9, 10, 11]])
+    b = {"items": items, "actions": (items > 0).long(), "targets": torch.tensor([[0, 4, 5, 6, 7], [8, 9, 10, 11, 12]])}
+    m.loss(b).loss.backward()
+    opt.step()
+    moved = {n for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+    assert not any(n.startswith("backbone.") for n in moved)
+    assert {"gate", "router.net.3.weight", "vis_expert.proj.weight", "sem_expert.proj.weight", "seq_ln.weight"} <= moved
+    with pytest.raises(ValueError, match="freeze_backbone needs backbone_checkpoint"):
+        ResidualMixtureConfig(freeze_backbone=True)

@@ -83,6 +83,13 @@ class ResidualMixtureConfig(SASRecConfig):
     gate_lr_scale: float = 1.0
     router_hidden: int = 64
     router_stop_grad: bool = True  # the router reads e_i without sending gradients into it
+    # two ways to keep the experts from reshaping the backbone (measured ablations; off = the seed's model):
+    # branch_stop_grad: the expert terms score with stopgrad(e_i), so only the backbone's own term
+    #   trains the item table (the experts still move the backbone through the shared softmax)
+    # freeze_backbone: the backbone (SASRec, started from `backbone_checkpoint`) is not trained at all
+    #   and runs in eval mode; LN(seq), experts, router and gate learn on top of it
+    branch_stop_grad: bool = False
+    freeze_backbone: bool = False
     balance_weight: float = 0.01  # weight of the load-balance loss
     # warm start: a trained SASRec .safetensors whose weights initialise the backbone (its
     # architecture must match); experts, router and gate start fresh. "" = train from scratch
@@ -97,6 +104,9 @@ class ResidualMixtureConfig(SASRecConfig):
                              f"got {self.expert_inputs!r}")
         if self.gate_lr_scale <= 0:
             raise ValueError(f"ResidualMixtureConfig.gate_lr_scale must be > 0, got {self.gate_lr_scale}")
+        if self.freeze_backbone and not self.backbone_checkpoint:
+            raise ValueError("ResidualMixtureConfig.freeze_backbone needs backbone_checkpoint (a trained SASRec): "
+                             "freezing a randomly initialised backbone is never wanted")
         if self.hidden % self.expert_heads:
             raise ValueError(f"ResidualMixtureConfig: hidden {self.hidden} not divisible by expert_heads {self.expert_heads}")
 
@@ -222,6 +232,15 @@ class ResidualMixture(Recommender):
             self.gate = None
         for m in (self.vis_expert, self.sem_expert):
             m.apply(self.backbone._init)
+        if c.freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResidualMixture":
+        """As nn.Module.train, except that a frozen backbone always runs in eval mode (no dropout)."""
+        super().train(mode)
+        if self.config.freeze_backbone:
+            self.backbone.eval()
+        return self
 
     # ------------------------------------------------------------------ data
     @classmethod
@@ -326,7 +345,8 @@ class ResidualMixture(Recommender):
         E = self.backbone.item_emb.weight  # (I, D)
         w = self.route() if w is None else w  # (I, K)
         if self.config.mixture == "residual":
-            return torch.cat([E, w[:, 0:1] * E, w[:, 1:2] * E], -1)
+            Eb = E.detach() if self.config.branch_stop_grad else E  # what the expert terms score with
+            return torch.cat([E, w[:, 0:1] * Eb, w[:, 1:2] * Eb], -1)
         return torch.cat([w[:, 0:1] * E, w[:, 1:2] * E, w[:, 2:3] * E], -1)
 
     def user_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
