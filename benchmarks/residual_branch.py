@@ -1,0 +1,155 @@
+"""What the expert branch of a trained residual mixture adds to its scores (seed 004 model,
+crbr.models.residual_mixture), split into a part that is the same for every user and the rest.
+
+usage:
+  python benchmarks/residual_branch.py RUN_DIR [RUN_DIR ...] [--split test] [--results-md FILE]
+
+A residual-mixture score is a sum of two terms (module docstring of crbr.models.residual_mixture):
+
+    s(u, i) = LN(seq_u) . e_i  +  g (w_vis(i) LN(vis_u) + w_sem(i) LN(sem_u)) . e_i
+              backbone term         branch term b(u, i)
+
+and the branch term splits over the evaluated users into
+
+    b(u, i) = m(i) + r(u, i),    m(i) = mean over users of b(u, i)   (an item bias)
+
+For each run (its checkpoints/best.safetensors and the data its embedded config names) this prints:
+- g, and the share of the branch's user-side vector g [LN(vis_u), LN(sem_u)] that is the
+  all-user mean (1.0 = the branch is an item bias, whatever the history);
+- the spread (std over users and items) of m, of r and of the backbone term;
+- the split's full-ranking metrics of the full score and of three parts: the backbone term
+  alone, backbone + m, and the full score minus m.
+
+Read it beside SASRec alone: the backbone term of a mixture is not SASRec alone, it is the
+backbone as co-trained with the experts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_line, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTION = "residual_branch"
+
+
+@torch.no_grad()
+def score_parts(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backbone term (B, I), the branch term (B, I) and the branch's user-side vectors (B, 2D)
+    of a residual mixture, before seen-item offsets; the two terms sum to the model's u'.v'."""
+    D = model.config.hidden
+    u = model.user_embedding(batch)  # (B, 3D)
+    V = model.item_vectors()  # (I, 3D)
+    return u[:, :D] @ V[:, :D].T, u[:, D:] @ V[:, D:].T, u[:, D:]
+
+
+@dataclass
+class BranchStats:
+    gate: float
+    mean_share: float  # share of the branch's user-side squared norm in its all-user mean
+    bias_std: float  # std over items of m(i)
+    rest_std: float  # std of r(u, i)
+    backbone_std: float  # std of the backbone term
+    item_bias: torch.Tensor  # (I,) m(i)
+
+
+@torch.no_grad()
+def branch_stats(model, batches) -> BranchStats:
+    """Decompose the branch over every user of `batches` (an iterable of history batches)."""
+    seqs, branches, users = [], [], []
+    for batch in batches:
+        s, b, u = score_parts(model, batch)
+        seqs.append(s), branches.append(b), users.append(u)
+    S, Bt, U = torch.cat(seqs), torch.cat(branches), torch.cat(users)  # (n, I), (n, I), (n, 2D)
+    m = Bt.mean(0)  # (I,)
+    um = U.mean(0)
+    return BranchStats(
+        gate=float(model.gate_value()),
+        mean_share=float((um ** 2).sum() / (U ** 2).sum(1).mean().clamp(min=1e-30)),
+        bias_std=float(m[1:].std()),
+        rest_std=float((Bt - m)[:, 1:].std()),
+        backbone_std=float(S[:, 1:].std()),
+        item_bias=m,
+    )
+
+
+def analyse(run_dir: Path, split_name: str) -> dict:
+    from crbr.cli.main import _data_and_split
+    from crbr.config import ExperimentConfig, from_dict
+    from crbr.data.batching import eval_batches
+    from crbr.train.checkpoint import load_model_from_checkpoint
+    from crbr.train.loop import build_evaluator
+
+    ckpt = run_dir / "checkpoints" / "best.safetensors"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"{ckpt} not found (a finished `crbr train` run of residual_mixture?)")
+    model, meta = load_model_from_checkpoint(ckpt)
+    if meta.get("model_name") != "residual_mixture" or model.config.mixture != "residual":
+        raise ValueError(f"{ckpt}: not a residual mixture (model {meta.get('model_name')!r})")
+    model.eval()
+    cfg = from_dict(ExperimentConfig, meta["experiment"])
+    ds, split = _data_and_split(cfg)
+    ev = build_evaluator(ds, split, split_name, cfg.eval, model.config.max_len)
+    torch.manual_seed(0)
+    st = branch_stats(model, (b for _, b in eval_batches(ds, ev.eval_set, model.config.max_len, 256)))
+    m = st.item_bias
+    offsets = model.backbone.add_seen_offsets
+
+    def evaluate(fn):  # expert_inputs="noise" draws fresh inputs each pass: the same draws for every row
+        torch.manual_seed(0)
+        return ev.evaluate(fn)
+
+    def parts(batch, bias_sign: float, with_branch: bool):
+        s, b, _ = score_parts(model, batch)
+        return offsets((s + b if with_branch else s) + bias_sign * m, batch)
+
+    rows = {
+        "full": evaluate(lambda b: parts(b, 0.0, True)),
+        "backbone term": evaluate(lambda b: parts(b, 0.0, False)),
+        "backbone + m": evaluate(lambda b: parts(b, 1.0, False)),
+        "full - m": evaluate(lambda b: parts(b, -1.0, True)),
+    }
+    return {"run": run_dir.name, "stats": st, "metrics": {k: v.metrics for k, v in rows.items()},
+            "protocol": rows["full"].protocol, "noise": model.config.expert_inputs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", help="run directories of residual-mixture trainings")
+    ap.add_argument("--split", default="test", choices=["valid", "test"])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--results-md", default="", help="write a section between the residual_branch markers of this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    res = [analyse(Path(r), args.split) for r in args.runs]
+    head = ("| run | g | branch user side: share in all-user mean | std m(i) | std r(u,i) | std backbone term "
+            "| NDCG@10 full | backbone term | backbone + m | full - m |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in res:
+        st, mt = r["stats"], r["metrics"]
+        lines.append(f"| {r['run']} | {st.gate:.3f} | {st.mean_share:.3f} | {st.bias_std:.3f} | {st.rest_std:.3f} "
+                     f"| {st.backbone_std:.3f} | " + " | ".join(f"{mt[k]['NDCG@10']:.4f}" for k in
+                                                               ("full", "backbone term", "backbone + m", "full - m"))
+                     + " |")
+    table = "\n".join(lines)
+    print(f"protocol ({args.split}): {res[0]['protocol']}")
+    print(table)
+    if args.results_md:
+        section = "\n".join([
+            f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/residual_branch.py "
+            f"{' '.join(sys.argv[1:])}` ({(time.perf_counter() - t0) / 60:.0f} min); machine: {machine_line()}.",
+            "", f"- Split {args.split}: {res[0]['protocol']}.", "", table])
+        write_section(Path(args.results_md), SECTION, section)
+
+
+if __name__ == "__main__":
+    main()
