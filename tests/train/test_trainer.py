@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -252,3 +253,21 @@ def test_shutdown_distributed_leaves_the_group(tmp_path):
     assert dist.is_initialized()
     shutdown_distributed()
     assert not dist.is_initialized()
+
+
+def test_results_record_the_code_version_the_run_started_with(world, tmp_path, monkeypatch):
+    """A commit made while a run trains is not recorded as its code: results.json keeps the version
+    read when the Trainer was built."""
+    import crbr.train.loop as loop
+
+    c = cfg(tmp_path, epochs=1)
+    ds = world.dataset
+    model = build_model(c.model_name, c.model_params, ds)
+    loop.code_version.cache_clear()
+    monkeypatch.setattr(loop.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout="aaa111\n"))
+    tr = Trainer(model, ds, leave_one_out(ds), c, max_len=model.config.max_len)
+    loop.code_version.cache_clear()
+    monkeypatch.setattr(loop.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout="bbb222\n"))
+    tr.fit()
+    loop.code_version.cache_clear()
+    assert json.loads((tmp_path / "results.json").read_text())["code_version"] == "aaa111"

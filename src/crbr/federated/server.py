@@ -58,6 +58,7 @@ class ServerRecorder:
                  strategy: PartialFedAvg, run_dir: Path):
         self.cfg, self.fed, self.ds, self.split, self.model = cfg, fed, ds, split, model
         self.strategy, self.run_dir = strategy, run_dir
+        self.code_version = code_version()  # the code this run starts with
         self.max_len = int(getattr(model.config, "max_len", 200))
         counts = train_item_counts(ds, split)
         self.valid_eval = build_evaluator(ds, split, "valid", cfg.eval, self.max_len, counts)
@@ -150,7 +151,7 @@ class ServerRecorder:
             "test_bucket_hr10": test.bucket_hr10, "valid": valid.metrics, "best_round": self.best_round,
             "rounds_run": len(self.history) - 1, "train_seconds": train_s, "peak_rss_mb": peak_rss_mb(),
             "best_round_stats": final_stats, "federated": self.fed.to_dict(), "seed": self.cfg.train.seed,
-            "n_params": sum(p.numel() for p in self.model.parameters()), "code_version": code_version(),
+            "n_params": sum(p.numel() for p in self.model.parameters()), "code_version": self.code_version,
             "config": self.cfg.to_dict(),
         }
         atomic_write_text(self.run_dir / "results.json", json.dumps(res, indent=1, default=float))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import logging
 import math
@@ -70,7 +71,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+@functools.cache
 def code_version() -> str:
+    """`git describe --always --dirty` of the crbr source, taken once per process at the first call.
+    Runs call it when they start, so a commit made while one trains is not recorded as its code."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here, capture_output=True, text=True, timeout=5)
@@ -129,6 +133,7 @@ class Trainer:
         self.tc = config.train
         self.ec = config.eval
         self.ds, self.split, self.max_len = ds, split, max_len
+        self.code_version = code_version()  # the code this run starts with
         self.dist: DistInfo = init_distributed(self.tc.device)
         self.device = self.dist.device
         if self.tc.threads > 0:
@@ -416,7 +421,7 @@ class Trainer:
             "n_trainable_params": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "world_size": self.dist.world_size,
             "seed": self.tc.seed,
-            "code_version": code_version(),
+            "code_version": self.code_version,
             "config": self.cfg.to_dict(),
         }
 
