@@ -117,7 +117,7 @@ def analyse(run_dir: Path, split_name: str) -> dict:
         "backbone + m": evaluate(lambda b: parts(b, 1.0, False)),
         "full - m": evaluate(lambda b: parts(b, -1.0, True)),
     }
-    return {"run": run_dir.name, "stats": st, "metrics": {k: v.metrics for k, v in rows.items()},
+    return {"run": f"{run_dir.parent.name}/{run_dir.name}", "stats": st, "metrics": {k: v.metrics for k, v in rows.items()},
             "protocol": rows["full"].protocol, "noise": model.config.expert_inputs}
 
 
