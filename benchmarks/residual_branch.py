@@ -82,9 +82,9 @@ def branch_stats(model, batches) -> BranchStats:
 
 
 def analyse(run_dir: Path, split_name: str) -> dict:
-    from crbr.cli.main import _data_and_split
     from crbr.config import ExperimentConfig, from_dict
     from crbr.data.batching import eval_batches
+    from crbr.data.prepare import prepare_with_split
     from crbr.train.checkpoint import load_model_from_checkpoint
     from crbr.train.loop import build_evaluator
 
@@ -96,7 +96,7 @@ def analyse(run_dir: Path, split_name: str) -> dict:
         raise ValueError(f"{ckpt}: not a residual mixture (model {meta.get('model_name')!r})")
     model.eval()
     cfg = from_dict(ExperimentConfig, meta["experiment"])
-    ds, split = _data_and_split(cfg)
+    ds, split = prepare_with_split(cfg)
     ev = build_evaluator(ds, split, split_name, cfg.eval, model.config.max_len)
     torch.manual_seed(0)
     st = branch_stats(model, (b for _, b in eval_batches(ds, ev.eval_set, model.config.max_len, 256)))

@@ -29,14 +29,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from crbr.config import ExperimentConfig, from_dict
-    from crbr.data.dataset import make_split
-    from crbr.data.prepare import prepare
+    from crbr.data.prepare import prepare_with_split
     from crbr.train.checkpoint import load_model_from_checkpoint, read_metadata
     from crbr.train.loop import build_evaluator
 
     cfg = from_dict(ExperimentConfig, read_metadata(args.checkpoint)["experiment"])
-    ds = prepare(cfg.data)
-    split = make_split(ds, cfg.split.name, **cfg.split.kwargs())
+    ds, split = prepare_with_split(cfg)
     model, _ = load_model_from_checkpoint(args.checkpoint)
     model.eval()
 

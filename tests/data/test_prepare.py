@@ -9,6 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crbr.data.loaders import ColumnMap
@@ -157,3 +158,18 @@ def test_shared_dataset_counts(tmp_path, name, users, items, events, categories)
     if name == "taobao-userbehavior-sample":
         assert ds.action_names == ["<pad>", "pv", "cart", "fav", "buy"]
         assert ds.info["action_counts"] == {"pv": 3926, "cart": 190, "fav": 128, "buy": 77}
+
+
+def test_prepare_with_split_builds_the_split_the_experiment_names():
+    """The config's split section reaches make_split: a temporal split with its own settings."""
+    from crbr.config import ExperimentConfig, from_dict
+    from crbr.data.dataset import make_split
+    from crbr.data.prepare import prepare_with_split
+
+    cfg = from_dict(ExperimentConfig, {"data": {"name": "synthetic", "synthetic": {"seed": 3, "n_users": 60, "n_items": 40}},
+                                       "split": {"name": "temporal", "test_frac": 0.3}})
+    ds, split = prepare_with_split(cfg)
+    ref = make_split(ds, "temporal", valid_frac=0.1, test_frac=0.3)
+    assert split.name == "temporal"
+    assert np.array_equal(split.train_len, ref.train_len) and np.array_equal(split.test.users, ref.test.users)
+    assert not np.array_equal(split.train_len, make_split(ds, "temporal").train_len)  # test_frac was used

@@ -41,19 +41,13 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
-def _data_and_split(cfg):
-    from ..data.dataset import make_split
-    from ..data.prepare import prepare
-
-    ds = prepare(cfg.data)
-    return ds, make_split(ds, cfg.split.name, **cfg.split.kwargs())
-
-
 # ----------------------------------------------------------------------------- commands
 def cmd_data_prepare(args) -> int:
+    from ..data.prepare import prepare_with_split
+
     cfg = _load(args)
     t0 = time.perf_counter()
-    ds, split = _data_and_split(cfg)
+    ds, split = prepare_with_split(cfg)
     print(ds.summary())
     print(split.describe())
     drops = {k: v for k, v in ds.info.items() if "drop" in k and v}
@@ -66,13 +60,14 @@ def cmd_data_prepare(args) -> int:
 def cmd_train(args) -> int:
     import torch
 
+    from ..data.prepare import prepare_with_split
     from ..models import build_model
     from ..train.loop import Trainer
 
     cfg = _load(args)
     if args.export_topk:
         cfg.eval.export_topk = args.export_topk
-    ds, split = _data_and_split(cfg)
+    ds, split = prepare_with_split(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model_name, cfg.model_params, ds, split)
     max_len = getattr(model.config, "max_len", 200)
@@ -96,6 +91,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from ..config import ExperimentConfig, apply_overrides, from_dict
+    from ..data.prepare import prepare_with_split
     from ..eval.export import export_topk
     from ..train.checkpoint import load_model_from_checkpoint
     from ..train.loop import build_evaluator
@@ -107,7 +103,7 @@ def cmd_evaluate(args) -> int:
         cfg = from_dict(ExperimentConfig, d)
     if args.mask_history is not None:
         cfg.eval.mask_history = args.mask_history
-    ds, split = _data_and_split(cfg)
+    ds, split = prepare_with_split(cfg)
     ev = build_evaluator(ds, split, args.split, cfg.eval, getattr(model.config, "max_len", 200))
     with torch.no_grad():
         res = ev.evaluate(model.score, export=bool(args.export_topk))

@@ -14,7 +14,7 @@ from .loaders import (
     load_table,
     load_taobao,
 )
-from .prepare import KNOWN_DATASETS, DataConfig, prepare
+from .prepare import KNOWN_DATASETS, DataConfig, prepare, prepare_with_split
 from .preprocess import PreprocessConfig, build_dataset
 from .schema import DEFAULT_ACTIONS, RatingThresholds, RawEvents
 from .synthetic import SyntheticConfig, SyntheticWorld, generate
@@ -24,6 +24,6 @@ __all__ = [
     "PreprocessConfig", "RatingThresholds", "RawEvents", "SequenceDataset", "Split", "SyntheticConfig",
     "SyntheticWorld", "TrainUsers", "build_dataset", "eval_batches", "generate", "history_batch",
     "leave_k_out", "leave_one_out", "load_item_metadata", "load_movielens", "load_movielens_100k", "load_pairs",
-    "load_sequences", "load_table", "load_taobao", "make_split", "prepare", "temporal_split",
+    "load_sequences", "load_table", "load_taobao", "make_split", "prepare", "prepare_with_split", "temporal_split",
     "train_batch", "train_item_counts",
 ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .dataset import FORMAT_VERSION, SequenceDataset
+from .dataset import FORMAT_VERSION, SequenceDataset, Split, make_split
 from .loaders import (
     TAOBAO_ACTIONS,
     ColumnMap,
@@ -290,3 +290,11 @@ def prepare(cfg: DataConfig | None = None, *, rebuild: bool = False) -> Sequence
         ds.save(target)
         log.info("cached %s at %s", cfg.name, target)
     return ds
+
+
+def prepare_with_split(experiment) -> tuple[SequenceDataset, Split]:
+    """The dataset and split an experiment config names (its `data` and `split` sections), e.g. the
+    config embedded in a checkpoint: what `crbr train` and `crbr evaluate` run on."""
+    ds = prepare(experiment.data)
+    return ds, make_split(ds, experiment.split.name, **experiment.split.kwargs())
+

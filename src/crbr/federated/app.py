@@ -46,13 +46,13 @@ server_app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     import torch
 
-    from ..cli.main import _data_and_split
+    from ..data.prepare import prepare_with_split
     from ..models import build_model
 
     cfg, fed = configs_from_run_config(context.run_config)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
-    ds, split = _data_and_split(cfg)
+    ds, split = prepare_with_split(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model_name, cfg.model_params, ds, split)
     res = server_main(grid, cfg, fed, ds, split, model, cfg.run_dir)

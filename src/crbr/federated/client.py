@@ -49,9 +49,9 @@ class ClientRuntime:
         from ..models import build_model
 
         if ds is None or split is None:
-            from ..cli.main import _data_and_split
+            from ..data.prepare import prepare_with_split
 
-            ds, split = _data_and_split(cfg)
+            ds, split = prepare_with_split(cfg)
         seed = cfg.train.seed if fed.seed is None else fed.seed
         parts = partition_users(split.train_len, fed.num_clients, fed.partitioning, seed)
         if model is None:

@@ -127,9 +127,9 @@ def run_federated(cfg, fed: FederatedConfig, ds=None, split=None, model=None,
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     if ds is None or split is None:
-        from ..cli.main import _data_and_split
+        from ..data.prepare import prepare_with_split
 
-        ds, split = _data_and_split(cfg)
+        ds, split = prepare_with_split(cfg)
     if model is None:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model_name, cfg.model_params, ds, split)
