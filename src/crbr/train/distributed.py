@@ -44,7 +44,9 @@ def shutdown_distributed(ok: bool = True) -> None:
     On success every rank first meets at a barrier, so none tears its group down while another still talks
     to it. Without an explicit `destroy_process_group`, gloo's worker threads are torn down at interpreter
     exit, which can abort the process ("terminate called without an active exception") after all the work
-    is done. After a failure the barrier is skipped: the other ranks may never reach it.
+    is done. Destroying alone is not enough (an `atexit` destroy without the barrier still aborted a
+    rank in 1 of 25 loaded runs of the two-process test): the ranks must leave together. After a
+    failure the barrier is skipped: the other ranks may never reach it.
     """
     if not dist.is_initialized():
         return
