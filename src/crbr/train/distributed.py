@@ -44,8 +44,9 @@ def shutdown_distributed(ok: bool = True) -> None:
     On success every rank first meets at a barrier, so none tears its group down while another still talks
     to it. Without an explicit `destroy_process_group`, gloo's worker threads are torn down at interpreter
     exit, which can abort the process ("terminate called without an active exception") after all the work
-    is done. Destroying alone is not enough (an `atexit` destroy without the barrier still aborted a
-    rank in 1 of 25 loaded runs of the two-process test): the ranks must leave together. After a
+    is done. It makes that rarer, not impossible: under load the interpreter's C++ teardown can still
+    abort (1 run in 15-40 of the two-process test, with or without the barrier), so the `crbr`
+    command also skips that teardown after success (`crbr.cli.main._leave_process_group`). After a
     failure the barrier is skipped: the other ranks may never reach it.
     """
     if not dist.is_initialized():
