@@ -126,13 +126,52 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
     cfg = cfg or PreprocessConfig()
     t0 = time.perf_counter()
     src = raw.events_file
-    ev = raw.events
     drops: dict[str, int] = dict(raw.drops)
     info: dict = {"name": raw.name, "source_files": [str(p) for p in raw.source_files]}
-    if ev.height == 0:
+    if raw.events.height == 0:
         raise ValueError(f"{src}: no events")
+    ev, names = _map_actions(raw.events, cfg, src, drops)  # 1.
+    has_ts = _has_timestamps(ev, src)
+    user_order, user_kind = id_order(ev["user"])
+    item_order, item_kind = id_order(ev["item"])
+    x = _encode_sorted(ev, names, user_order, item_order, has_ts)  # 2.
+    counts = {"raw": {"users": len(user_order), "items": len(item_order), "events": x.height}}
+    x = _deduplicate(x, cfg, has_ts, src, drops)  # 3.
+    x, u, i = _filter_events(x, cfg, src, counts)  # 4.
+    user_ids, item_ids, offsets, items = _final_ids(u, i, user_order, item_order)  # 5.
+    actions = x["a"].to_numpy().astype(np.int16)  # (E,)
+    metadata = _item_metadata(raw.items, item_ids, info)  # 6.
+    info.update(
+        {
+            "settings": dataclasses.asdict(cfg),
+            "drops": drops,
+            "counts": counts,
+            "action_counts": _action_counts(actions, names),
+            "id_order": {"users": user_kind, "items": item_kind},
+            "timestamps": has_ts,
+            "build_seconds": round(time.perf_counter() - t0, 3),
+        }
+    )
+    ds = SequenceDataset(
+        offsets=offsets,
+        items=items,
+        actions=actions,
+        timestamps=x["timestamp"].to_numpy().astype(np.int64) if has_ts else None,
+        user_ids=user_ids,
+        item_ids=item_ids,
+        action_names=names,
+        info=info,
+        **metadata,
+    )
+    ds.validate()
+    log.info("built %s", ds.summary())
+    return ds
 
-    # ---- 1. actions
+
+def _map_actions(
+    ev: pl.DataFrame, cfg: PreprocessConfig, src: str, drops: dict[str, int]
+) -> tuple[pl.DataFrame, list[str]]:
+    """Step 1: fill missing actions from ratings, fix the vocabulary, drop or reject unknown names."""
     ev = ev.with_columns(
         pl.when(pl.col("action").is_null())
         .then(cfg.rating_thresholds.expr(pl.col("rating")))
@@ -157,17 +196,24 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
         drops["unknown_action"] = drops.get("unknown_action", 0) + n
         log.warning("%s: dropped %d event(s) with actions outside the vocabulary: %s", src, n, bad_names)
         ev = ev.filter(~unknown)
+    return ev, names
 
-    # ---- 2. timestamps and order
+
+def _has_timestamps(ev: pl.DataFrame, src: str) -> bool:
+    """Whether every event has a timestamp; an error when only some do."""
     n_null_ts = ev["timestamp"].null_count()
     if 0 < n_null_ts < ev.height:
         r = int(ev.filter(pl.col("timestamp").is_null())["row"][0])
         raise ValueError(f"{src}, line {r}: timestamp missing while other events have one")
-    has_ts = n_null_ts == 0
-    user_order, user_kind = id_order(ev["user"])
-    item_order, item_kind = id_order(ev["item"])
+    return n_null_ts == 0
+
+
+def _encode_sorted(
+    ev: pl.DataFrame, names: list[str], user_order: pl.Series, item_order: pl.Series, has_ts: bool
+) -> pl.DataFrame:
+    """Step 2: integer columns u, i (codes in the id order), a, timestamp, row, sorted per user by
+    (timestamp, row); the sort is stable, so ties keep frame order (the position within a line)."""
     action_id = {a: k for k, a in enumerate(names)}
-    # from here on only integer columns: u, i (codes in the deterministic id order), a, timestamp, row
     x = ev.select(
         pl.col("user").replace_strict(user_order, pl.int_range(len(user_order), eager=True), return_dtype=pl.Int64).alias("u"),
         pl.col("item").replace_strict(item_order, pl.int_range(len(item_order), eager=True), return_dtype=pl.Int64).alias("i"),
@@ -177,22 +223,30 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
     )
     u_raw = x["u"].to_numpy()
     row = x["row"].to_numpy()
-    # stable: ties in (user, timestamp, row) keep frame order (the position within a sequence line)
     order = np.lexsort((row, x["timestamp"].to_numpy(), u_raw) if has_ts else (row, u_raw))
-    x = x[order]
-    counts = {"raw": {"users": len(user_order), "items": len(item_order), "events": x.height}}
+    return x[order]
 
-    # ---- 3. de-duplication
+
+def _deduplicate(x: pl.DataFrame, cfg: PreprocessConfig, has_ts: bool, src: str, drops: dict[str, int]) -> pl.DataFrame:
+    """Step 3: drop exact repeats ("drop_exact", timestamped sources only) or later (user, item)
+    repeats ("first"), counting them in `drops`."""
     dedup_key = {"drop_exact": ["u", "i", "timestamp", "a"], "first": ["u", "i"]}.get(cfg.dedup)
-    if dedup_key is not None and (has_ts or cfg.dedup == "first"):
-        first = x.select(pl.struct(dedup_key).is_first_distinct()).to_series()
-        reason = "duplicate_events" if cfg.dedup == "drop_exact" else "repeat_interactions"
-        drops[reason] = int((~first).sum())
-        if drops[reason]:
-            x = x.filter(first)
-            log.info("%s: dedup=%s dropped %d event(s)", src, cfg.dedup, drops[reason])
+    if dedup_key is None or not (has_ts or cfg.dedup == "first"):
+        return x
+    first = x.select(pl.struct(dedup_key).is_first_distinct()).to_series()
+    reason = "duplicate_events" if cfg.dedup == "drop_exact" else "repeat_interactions"
+    drops[reason] = int((~first).sum())
+    if drops[reason]:
+        x = x.filter(first)
+        log.info("%s: dedup=%s dropped %d event(s)", src, cfg.dedup, drops[reason])
+    return x
 
-    # ---- 4. k-core / minimum lengths
+
+def _filter_events(
+    x: pl.DataFrame, cfg: PreprocessConfig, src: str, counts: dict
+) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """Step 4: iterative k-core / minimum user length; the kept frame and its (E,) u, i codes.
+    Records the counts before and after in `counts`; an error when nothing is left."""
     u = x["u"].to_numpy()
     i = x["i"].to_numpy()
     counts["before_filter"] = _counts(u, i)
@@ -207,76 +261,62 @@ def build_dataset(raw: RawEvents, cfg: PreprocessConfig | None = None) -> Sequen
         raise ValueError(
             f"{src}: no events left after filtering (kcore={cfg.kcore}, min_user_events={cfg.min_user_events})"
         )
+    return x, u, i
 
-    # ---- 5. final ids (compacting keeps the deterministic order)
+
+def _final_ids(
+    u: np.ndarray, i: np.ndarray, user_order: pl.Series, item_order: pl.Series
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Step 5: compact the (E,) user / item codes of the kept events (keeping the id order) into
+    user_ids (U,), item_ids (n_items + 1,) with "" for padding, offsets (U + 1,) and items (E,) int32."""
     kept_u, u_new = _compact(u, len(user_order))  # (U,), (E,)
-    kept_i, i_new = _compact(i, len(item_order))
-    user_ids = np.asarray(user_order.gather(kept_u).to_list(), dtype=object)  # (U,)
-    item_ids = np.asarray([""] + item_order.gather(kept_i).to_list(), dtype=object)  # (n_items + 1,)
-    n_users, n_items = len(kept_u), len(kept_i)
-    offsets = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(u_new, minlength=n_users), out=offsets[1:])
-    items = (i_new + 1).astype(np.int32)  # (E,)
-    actions = x["a"].to_numpy().astype(np.int16)
-    timestamps = x["timestamp"].to_numpy().astype(np.int64) if has_ts else None
+    kept_i, i_new = _compact(i, len(item_order))  # (n_items,), (E,)
+    user_ids = np.asarray(user_order.gather(kept_u).to_list(), dtype=object)
+    item_ids = np.asarray([""] + item_order.gather(kept_i).to_list(), dtype=object)
+    return user_ids, item_ids, _csr_offsets(u_new, len(kept_u)), (i_new + 1).astype(np.int32)
 
-    # ---- 6. item metadata
-    cat_offsets = cat_ids = item_text = None
-    category_names: list[str] = []
-    if raw.items is not None:
-        meta = raw.items
-        meta_u = meta.unique(subset="item", keep="first", maintain_order=True)
-        if meta_u.height < meta.height:
-            info["metadata_duplicate_items"] = meta.height - meta_u.height
-            log.warning("item metadata: %d duplicate item row(s); the first of each is used", meta.height - meta_u.height)
-        codes = pl.DataFrame({"item": item_ids[1:].tolist(), "code": np.arange(1, n_items + 1, dtype=np.int64)})
-        m = meta_u.join(codes, on="item", how="inner").sort("code")
-        info["items_without_metadata"] = n_items - m.height
-        info["metadata_items_unused"] = meta_u.height - m.height
-        pairs = (
-            m.select("code", "categories")
-            .explode("categories")
-            .filter(pl.col("categories").is_not_null() & (pl.col("categories") != ""))
-            .unique(maintain_order=True)
-        )
-        category_names = sorted(pairs["categories"].unique().to_list())
-        cat_index = {c: k for k, c in enumerate(category_names)}
-        cat_ids = pairs["categories"].replace_strict(cat_index, return_dtype=pl.Int32).to_numpy().astype(np.int32)
-        per_item = np.bincount(pairs["code"].to_numpy(), minlength=n_items + 1)  # (n_items + 1,)
-        cat_offsets = np.zeros(n_items + 2, dtype=np.int64)
-        np.cumsum(per_item, out=cat_offsets[1:])
-        if m["text"].null_count() < m.height:
-            text = [None] * (n_items + 1)
-            for c, t in zip(m["code"].to_list(), m["text"].to_list()):
-                text[c] = t
-            item_text = text
 
+def _csr_offsets(rows: np.ndarray, n: int) -> np.ndarray:
+    """(n + 1,) int64 CSR offsets of `rows` (E,) codes in 0..n-1 sorted ascending."""
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=offsets[1:])
+    return offsets
+
+
+def _item_metadata(meta: pl.DataFrame | None, item_ids: np.ndarray, info: dict) -> dict:
+    """Step 6: cat_offsets (I + 1,), cat_ids, category_names and item_text of the items
+    `item_ids` (I,) (row 0 padding) from the metadata frame; coverage counts go to `info`."""
+    out: dict = {"cat_offsets": None, "cat_ids": None, "category_names": [], "item_text": None}
+    if meta is None:
+        return out
+    n_items = len(item_ids) - 1
+    meta_u = meta.unique(subset="item", keep="first", maintain_order=True)
+    if meta_u.height < meta.height:
+        info["metadata_duplicate_items"] = meta.height - meta_u.height
+        log.warning("item metadata: %d duplicate item row(s); the first of each is used", meta.height - meta_u.height)
+    codes = pl.DataFrame({"item": item_ids[1:].tolist(), "code": np.arange(1, n_items + 1, dtype=np.int64)})
+    m = meta_u.join(codes, on="item", how="inner").sort("code")
+    info["items_without_metadata"] = n_items - m.height
+    info["metadata_items_unused"] = meta_u.height - m.height
+    pairs = (
+        m.select("code", "categories")
+        .explode("categories")
+        .filter(pl.col("categories").is_not_null() & (pl.col("categories") != ""))
+        .unique(maintain_order=True)
+    )
+    out["category_names"] = sorted(pairs["categories"].unique().to_list())
+    cat_index = {c: k for k, c in enumerate(out["category_names"])}
+    out["cat_ids"] = pairs["categories"].replace_strict(cat_index, return_dtype=pl.Int32).to_numpy().astype(np.int32)
+    out["cat_offsets"] = _csr_offsets(pairs["code"].to_numpy(), n_items + 1)  # (n_items + 2,)
+    if m["text"].null_count() < m.height:
+        text = [None] * (n_items + 1)
+        for c, t in zip(m["code"].to_list(), m["text"].to_list()):
+            text[c] = t
+        out["item_text"] = text
+    return out
+
+
+def _action_counts(actions: np.ndarray, names: list[str]) -> dict[str, int]:
+    """Events per action name, for the names that occur (padding excluded)."""
     act_counts = dict(zip(names, np.bincount(actions, minlength=len(names)).tolist()))
-    info.update(
-        {
-            "settings": dataclasses.asdict(cfg),
-            "drops": drops,
-            "counts": counts,
-            "action_counts": {a: int(act_counts[a]) for a in names[1:] if act_counts[a]},
-            "id_order": {"users": user_kind, "items": item_kind},
-            "timestamps": has_ts,
-            "build_seconds": round(time.perf_counter() - t0, 3),
-        }
-    )
-    ds = SequenceDataset(
-        offsets=offsets,
-        items=items,
-        actions=actions,
-        timestamps=timestamps,
-        user_ids=user_ids,
-        item_ids=item_ids,
-        action_names=names,
-        cat_offsets=cat_offsets,
-        cat_ids=cat_ids,
-        category_names=category_names,
-        item_text=item_text,
-        info=info,
-    )
-    ds.validate()
-    log.info("built %s", ds.summary())
-    return ds
+    return {a: int(act_counts[a]) for a in names[1:] if act_counts[a]}

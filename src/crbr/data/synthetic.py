@@ -505,157 +505,258 @@ def _history_lengths(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarr
 
 
 # ------------------------------------------------------------------ generate
+_CHUNK_ENTRIES = 1 << 22  # max (groups x items) logits held at once when sampling interest steps
+
+
+@dataclass
+class _CategoryIndex:
+    """Items grouped by primary category (CSR over categories) and each category's popularity mass."""
+
+    items: np.ndarray  # (N,) 0-based item indices sorted by primary category (stable)
+    start: np.ndarray  # (C,) int64 first position of each category in `items`
+    sizes: np.ndarray  # (C,) items per category
+    mass: np.ndarray  # (C,) float64 sum of pop_i over the category's items
+
+
+@dataclass
+class _Users:
+    """Per-user ground truth drawn from the users stream (steps 6-10)."""
+
+    k: np.ndarray  # (U,) number of interests K_u
+    slot_ok: np.ndarray  # (U, K) bool, slot s < K_u
+    weights: np.ndarray  # (U, K) float64, decreasing, 0 in unused slots, rows sum to 1
+    categories: np.ndarray  # (U, K) int32 interest category per slot (draw order), -1 in unused slots
+    taste: np.ndarray  # (U, K, D) float32 unit taste directions t_j
+    lens: np.ndarray  # (U,) int64 history lengths L_u
+
+
+@dataclass
+class _Events:
+    """All events drawn from the events stream (steps 11-15), users' events back to back."""
+
+    offsets: np.ndarray  # (U + 1,) int64 CSR offsets of each user's events
+    item0: np.ndarray  # (E,) int64 0-based item index (after repeats)
+    state: np.ndarray  # (E,) latent interest category z_t
+    explore: np.ndarray  # (E,) bool exploration kind (after repeats)
+    repeat: np.ndarray  # (E,) bool the event re-consumes an earlier one
+    actions: np.ndarray  # (E,) int16 action ids 1..A
+    timestamps: np.ndarray  # (E,) int64
+
+
 def generate(cfg: SyntheticConfig | None = None) -> SyntheticWorld:
     """Generate the world described in the module docstring; deterministic given `cfg`."""
     cfg = cfg or SyntheticConfig()
     ss_items, ss_users, ss_events = np.random.SeedSequence(cfg.seed).spawn(3)
     rng_i, rng_u, rng_e = (np.random.default_rng(s) for s in (ss_items, ss_users, ss_events))
-    N, C, D, U, K = cfg.n_items, cfg.n_categories, cfg.dim, cfg.n_users, cfg.max_interests
+    cat = _make_catalogue(cfg, rng_i)  # steps 1-5
+    index = _category_index(cat, cfg.n_categories)
+    users = _draw_users(cfg, index.mass, rng_u)  # steps 6-10
+    events = _draw_events(cfg, cat, index, users, rng_e)  # steps 11-15
+    ds = _assemble_dataset(cfg, cat, events)
+    return _assemble_world(cfg, cat, users, events, ds)
 
-    cat = _make_catalogue(cfg, rng_i)
-    primary, pop, sizes = cat["primary"], cat["pop"], cat["sizes"]
-    # items of each category (0-based item index), CSR over categories
-    cat_items = np.argsort(primary, kind="stable")  # (N,)
-    cat_start = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)  # (C,)
-    cat_mass = np.bincount(primary, weights=pop, minlength=C)  # (C,)
 
-    # ---- users: interests (steps 6-9) and lengths (step 10)
-    k_u = rng_u.integers(cfg.min_interests, cfg.max_interests + 1, size=U)  # (U,)
-    keys = np.log(cat_mass)[None, :] + rng_u.gumbel(size=(U, C))  # (U, C)
+def _category_index(cat: dict, C: int) -> _CategoryIndex:
+    """Items of each category (0-based item index, CSR over categories) and the category masses."""
+    sizes = cat["sizes"]
+    return _CategoryIndex(
+        items=np.argsort(cat["primary"], kind="stable"),
+        start=np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64),
+        sizes=sizes,
+        mass=np.bincount(cat["primary"], weights=cat["pop"], minlength=C),
+    )
+
+
+def _draw_users(cfg: SyntheticConfig, cat_mass: np.ndarray, rng: np.random.Generator) -> _Users:
+    """Interests, weights and tastes (steps 6-9), then history lengths (step 10), in that draw order."""
+    U, C, D, K = cfg.n_users, cfg.n_categories, cfg.dim, cfg.max_interests
+    k_u = rng.integers(cfg.min_interests, cfg.max_interests + 1, size=U)  # (U,)
+    keys = np.log(cat_mass)[None, :] + rng.gumbel(size=(U, C))  # (U, C) Gumbel-top-k keys
     top = np.argsort(-keys, axis=1)[:, :K].astype(np.int32)  # (U, K) categories in draw order
     slot_ok = np.arange(K)[None, :] < k_u[:, None]  # (U, K)
-    w = np.where(slot_ok, rng_u.gamma(cfg.interest_concentration, size=(U, K)), 0.0)
+    w = np.where(slot_ok, rng.gamma(cfg.interest_concentration, size=(U, K)), 0.0)
     w = -np.sort(-w, axis=1)  # decreasing; padded slots stay 0 at the end
     w /= w.sum(1, keepdims=True)
-    interest_cat = np.where(slot_ok, top, -1)  # (U, K)
-    taste = _unit(rng_u.standard_normal((U, K, D)).astype(np.float32))  # (U, K, D)
-    lens = _history_lengths(cfg, rng_u)  # (U,)
+    taste = _unit(rng.standard_normal((U, K, D)).astype(np.float32))  # (U, K, D)
+    lens = _history_lengths(cfg, rng)  # (U,)
+    return _Users(k=k_u, slot_ok=slot_ok, weights=w, categories=np.where(slot_ok, top, -1), taste=taste, lens=lens)
 
-    # ---- events (steps 11-15)
+
+def _draw_events(
+    cfg: SyntheticConfig, cat: dict, index: _CategoryIndex, users: _Users, rng: np.random.Generator
+) -> _Events:
+    """Steps 11-15 for all events at once; the draws from `rng` happen in a fixed order."""
+    lens = users.lens
     E = int(lens.sum())
-    offsets = np.zeros(U + 1, dtype=np.int64)
+    offsets = np.zeros(len(lens) + 1, dtype=np.int64)
     np.cumsum(lens, out=offsets[1:])
-    user = np.repeat(np.arange(U, dtype=np.int64), lens)  # (E,)
-    pos = np.arange(E, dtype=np.int64) - offsets[user]  # (E,)
-    ar = np.arange(E, dtype=np.int64)
+    user = np.repeat(np.arange(len(lens), dtype=np.int64), lens)  # (E,)
+    pos = np.arange(E, dtype=np.int64) - offsets[user]  # (E,) position in the user's history
+    slot = _interest_chain(cfg, users, user, pos, rng)  # (E,) step 11
+    state = users.categories[user, slot]  # (E,) latent category z_t
+    explore = rng.random(E) < cfg.exploration  # (E,) step 12
+    item0 = np.empty(E, dtype=np.int64)  # 0-based item index
+    ex = np.nonzero(explore)[0]
+    item0[ex] = _exploration_items(cfg, cat["pop"], index, users, user[ex], rng)
+    it = np.nonzero(~explore)[0]
+    item0[it] = _interest_items(cfg, cat, index, users.taste, user[it], slot[it], state[it], rng)
+    rep, src = _repeat_sources(cfg, pos, rng)  # step 13
+    item0, explore = item0[src], explore[src]
+    actions = _draw_actions(cfg, explore, rng)  # step 14
+    timestamps = _draw_timestamps(cfg, offsets, lens, rng)  # step 15
+    return _Events(offsets=offsets, item0=item0, state=state, explore=explore, repeat=rep,
+                   actions=actions, timestamps=timestamps)
 
-    # 11. sticky chain over interest slots: redraw points, then forward fill
-    redraw = rng_e.random(E) >= cfg.stickiness
+
+def _interest_chain(
+    cfg: SyntheticConfig, users: _Users, user: np.ndarray, pos: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """(E,) interest slot of every event (step 11): redraw points from w_u, forward filled."""
+    E = len(user)
+    redraw = rng.random(E) >= cfg.stickiness
     redraw[pos == 0] = True
     r_idx = np.nonzero(redraw)[0]
-    cum_w = np.cumsum(w, axis=1)  # (U, K)
-    drawn = (rng_e.random(len(r_idx))[:, None] >= cum_w[user[r_idx]]).sum(1)
+    cum_w = np.cumsum(users.weights, axis=1)  # (U, K)
+    drawn = (rng.random(len(r_idx))[:, None] >= cum_w[user[r_idx]]).sum(1)
     slot_at = np.zeros(E, dtype=np.int64)
-    slot_at[r_idx] = np.minimum(drawn, k_u[user[r_idx]] - 1)
-    src = np.maximum.accumulate(np.where(redraw, ar, 0))  # each user's first event is a redraw
-    slot = slot_at[src]  # (E,)
-    state = interest_cat[user, slot]  # (E,) latent category z_t
+    slot_at[r_idx] = np.minimum(drawn, users.k[user[r_idx]] - 1)
+    src = np.maximum.accumulate(np.where(redraw, np.arange(E, dtype=np.int64), 0))  # first event is a redraw
+    return slot_at[src]
 
-    # 12. kind and item
-    explore = rng_e.random(E) < cfg.exploration
-    item0 = np.empty(E, dtype=np.int64)  # 0-based item index
-    # exploration: uniform category outside the interests, item by popularity
-    ex = np.nonzero(explore)[0]
+
+def _exploration_items(
+    cfg: SyntheticConfig, pop: np.ndarray, index: _CategoryIndex, users: _Users, user_ex: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n,) items of the n exploration steps of users `user_ex`: a uniform category outside the
+    user's interests, then an item of it with P(i) ∝ pop_i."""
+    U, C, N = cfg.n_users, cfg.n_categories, cfg.n_items
     in_mask = np.zeros((U, C), dtype=bool)
-    in_mask[np.repeat(np.arange(U), k_u), interest_cat[slot_ok]] = True
+    in_mask[np.repeat(np.arange(U), users.k), users.categories[users.slot_ok]] = True
     outside = np.argsort(in_mask, axis=1, kind="stable")  # (U, C): non-interest categories first
-    r = np.floor(rng_e.random(len(ex)) * (C - k_u[user[ex]])).astype(np.int64)
-    ex_cat = outside[user[ex], r]
-    pop_sorted = pop[cat_items]
-    seg = np.repeat(np.arange(C), sizes)
-    cdf = np.cumsum(pop_sorted)
-    cdf_before = np.r_[0.0, cdf][cat_start]
-    cdf_pop = (cdf - cdf_before[seg]) / cat_mass[seg]
-    cdf_pop[np.r_[cat_start[1:], N] - 1] = 1.0
-    j = _segment_sample(cdf_pop + seg, ex_cat, cat_start, rng_e.random(len(ex)))
-    item0[ex] = cat_items[j]
+    r = np.floor(rng.random(len(user_ex)) * (C - users.k[user_ex])).astype(np.int64)
+    ex_cat = outside[user_ex, r]  # (n,)
+    seg = np.repeat(np.arange(C), index.sizes)  # (N,) category of each position in index.items
+    cdf = np.cumsum(pop[index.items])
+    cdf_before = np.r_[0.0, cdf][index.start]
+    cdf_pop = (cdf - cdf_before[seg]) / index.mass[seg]  # (N,) per-category CDFs back to back
+    cdf_pop[np.r_[index.start[1:], N] - 1] = 1.0
+    j = _segment_sample(cdf_pop + seg, ex_cat, index.start, rng.random(len(user_ex)))
+    return index.items[j]
 
-    # interest steps: per category, P(i | interest j) ∝ pop_i * exp(strength * sqrt(D) <s_i, t_j>)
-    it = np.nonzero(~explore)[0]
-    u_it = rng_e.random(len(it))
-    group = user[it] * K + slot[it]  # (n,) index into taste.reshape(U*K, D)
-    it_cat = state[it]
-    by_cat = np.argsort(it_cat, kind="stable")
-    bounds = np.searchsorted(it_cat[by_cat], np.arange(C + 1))
-    taste_flat = taste.reshape(U * K, D)
-    style = cat["style"].astype(np.float32)
-    logpop = np.log(pop)
+
+def _interest_items(
+    cfg: SyntheticConfig, cat: dict, index: _CategoryIndex, taste: np.ndarray, user_it: np.ndarray,
+    slot_it: np.ndarray, cat_it: np.ndarray, rng: np.random.Generator,
+) -> np.ndarray:
+    """(n,) items of the n interest steps (users `user_it`, slots `slot_it`, categories `cat_it`):
+    per category, P(i | interest j) ∝ pop_i * exp(strength * sqrt(D) <s_i, t_j>)."""
+    C, D, K = cfg.n_categories, cfg.dim, cfg.max_interests
+    u_it = rng.random(len(user_it))
+    group = user_it * K + slot_it  # (n,) index into taste.reshape(U*K, D)
+    by_cat = np.argsort(cat_it, kind="stable")
+    bounds = np.searchsorted(cat_it[by_cat], np.arange(C + 1))
+    taste_flat = taste.reshape(-1, D)  # (U*K, D)
+    style = cat["style"].astype(np.float32)  # (N, D)
+    logpop = np.log(cat["pop"])  # (N,)
     scale = cfg.affinity_strength * math.sqrt(D)
-    budget = 1 << 22  # max (groups x items) entries per chunk
+    out = np.empty(len(user_it), dtype=np.int64)
     for c in range(C):
-        ev = by_cat[bounds[c] : bounds[c + 1]]  # positions into `it`
+        ev = by_cat[bounds[c] : bounds[c + 1]]  # positions of this category's steps
         if len(ev) == 0:
             continue
-        members = cat_items[cat_start[c] : cat_start[c] + sizes[c]]  # (n_c,)
-        uniq, inv = np.unique(group[ev], return_inverse=True)
-        ev = ev[np.argsort(inv, kind="stable")]
-        inv = np.sort(inv)
-        step = max(1, budget // len(members))
-        for g0 in range(0, len(uniq), step):
-            g1 = min(g0 + step, len(uniq))
-            a, b = np.searchsorted(inv, [g0, g1])
-            logits = logpop[members][None, :] + scale * (taste_flat[uniq[g0:g1]] @ style[members].T)  # (G, n_c)
-            logits -= logits.max(1, keepdims=True)
-            p = np.exp(logits)
-            cdf_g = np.cumsum(p, axis=1)
-            cdf_g /= cdf_g[:, -1:]
-            cdf_g[:, -1] = 1.0
-            G = g1 - g0
-            flat = (cdf_g + np.arange(G)[:, None]).ravel()
-            local = inv[a:b] - g0
-            jj = _segment_sample(flat, local, np.arange(G) * len(members), u_it[ev[a:b]])
-            item0[it[ev[a:b]]] = members[jj - local * len(members)]
+        members = index.items[index.start[c] : index.start[c] + index.sizes[c]]  # (n_c,)
+        out[ev] = _sample_in_category(members, logpop[members], style[members], taste_flat, scale, group[ev], u_it[ev])
+    return out
 
-    # 13. repeats: pointer to step t - k, resolved transitively by pointer jumping
-    rep = (rng_e.random(E) < cfg.repeat_prob) & (pos > 0)
-    k_back = rng_e.integers(1, cfg.repeat_window + 1, size=E)
+
+def _sample_in_category(
+    members: np.ndarray, logpop_m: np.ndarray, style_m: np.ndarray, taste_flat: np.ndarray, scale: float,
+    groups: np.ndarray, u: np.ndarray,
+) -> np.ndarray:
+    """(n,) items among `members` (n_c,) for n steps of (user, interest) `groups` (n,) with
+    uniforms `u` (n,); the per-group CDFs are built in chunks of at most _CHUNK_ENTRIES entries."""
+    n_c = len(members)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    order = np.argsort(inv, kind="stable")  # steps grouped by group
+    inv = np.sort(inv)
+    out = np.empty(len(groups), dtype=np.int64)
+    step = max(1, _CHUNK_ENTRIES // n_c)
+    for g0 in range(0, len(uniq), step):
+        g1 = min(g0 + step, len(uniq))
+        a, b = np.searchsorted(inv, [g0, g1])
+        logits = logpop_m[None, :] + scale * (taste_flat[uniq[g0:g1]] @ style_m.T)  # (G, n_c)
+        logits -= logits.max(1, keepdims=True)
+        cdf = np.cumsum(np.exp(logits), axis=1)
+        cdf /= cdf[:, -1:]
+        cdf[:, -1] = 1.0
+        G = g1 - g0
+        flat = (cdf + np.arange(G)[:, None]).ravel()
+        local = inv[a:b] - g0
+        jj = _segment_sample(flat, local, np.arange(G) * n_c, u[order[a:b]])
+        out[order[a:b]] = members[jj - local * n_c]
+    return out
+
+
+def _repeat_sources(cfg: SyntheticConfig, pos: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Step 13: (E,) bool repeat flags and (E,) the event each one copies, resolved transitively
+    by pointer jumping (itself for non-repeats)."""
+    E = len(pos)
+    rep = (rng.random(E) < cfg.repeat_prob) & (pos > 0)
+    k_back = rng.integers(1, cfg.repeat_window + 1, size=E)
     rep &= pos >= k_back
+    ar = np.arange(E, dtype=np.int64)
     ptr = np.where(rep, ar - k_back, ar)
     while True:
         nxt = ptr[ptr]
         if np.array_equal(nxt, ptr):
-            break
+            return rep, ptr
         ptr = nxt
-    item0 = item0[ptr]
-    explore = explore[ptr]
 
-    # 14. actions by kind
+
+def _draw_actions(cfg: SyntheticConfig, explore: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Step 14: (E,) int16 action ids 1..A drawn by event kind (interest / exploration)."""
     probs = np.cumsum(np.array([cfg.interest_action_probs, cfg.explore_action_probs]), axis=1)  # (2, A)
     probs[:, -1] = 1.0
     A = len(cfg.action_names)
-    actions = (rng_e.random(E)[:, None] >= probs[explore.astype(np.int64)]).sum(1)
-    actions = (np.minimum(actions, A - 1) + 1).astype(np.int16)
+    actions = (rng.random(len(explore))[:, None] >= probs[explore.astype(np.int64)]).sum(1)
+    return (np.minimum(actions, A - 1) + 1).astype(np.int16)
 
-    # 15. timestamps: per-user start + cumulative gaps of >= 1 s
-    brk = rng_e.random(E) < cfg.session_break_prob
+
+def _draw_timestamps(
+    cfg: SyntheticConfig, offsets: np.ndarray, lens: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Step 15: (E,) int64 timestamps, per-user start + cumulative gaps of >= 1 s."""
+    E, U = int(lens.sum()), len(lens)
+    brk = rng.random(E) < cfg.session_break_prob
     gap_mean = np.where(brk, cfg.session_gap_s, cfg.within_session_gap_s)
-    gaps = 1 + np.floor(rng_e.exponential(1.0, size=E) * gap_mean).astype(np.int64)
-    start = cfg.start_time + np.floor(rng_e.random(U) * cfg.start_spread_days * 86_400).astype(np.int64)
+    gaps = 1 + np.floor(rng.exponential(1.0, size=E) * gap_mean).astype(np.int64)
+    start = cfg.start_time + np.floor(rng.random(U) * cfg.start_spread_days * 86_400).astype(np.int64)
     first = offsets[:-1]  # every user has >= min_history >= 1 events
     gaps[first] = start
     csum = np.cumsum(gaps)
-    timestamps = csum - np.repeat(csum[first] - start, lens)
+    return (csum - np.repeat(csum[first] - start, lens)).astype(np.int64)
 
-    # ---- assemble
-    I = N + 1
+
+def _item_category_csr(cat: dict, I: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cat_offsets (I + 1,) int64, cat_ids int32): primary then secondary category of each item."""
     cat_counts = np.zeros(I, dtype=np.int64)
     cat_counts[1:] = 1 + (cat["secondary"] >= 0)
     cat_offsets = np.zeros(I + 1, dtype=np.int64)
     np.cumsum(cat_counts, out=cat_offsets[1:])
-    both = np.stack([primary, cat["secondary"]], axis=1).ravel()  # (2N,) primary, secondary per item
-    cat_ids = both[both >= 0].astype(np.int32)
+    both = np.stack([cat["primary"], cat["secondary"]], axis=1).ravel()  # (2N,) primary, secondary per item
+    return cat_offsets, both[both >= 0].astype(np.int32)
 
-    item_emb = np.zeros((I, D), dtype=np.float32)
-    item_emb[1:] = cat["emb"]
-    item_category = np.r_[-1, primary].astype(np.int32)
-    item_secondary = np.r_[-1, cat["secondary"]].astype(np.int32)
-    item_popularity = np.r_[0.0, pop / pop.sum()]
 
+def _assemble_dataset(cfg: SyntheticConfig, cat: dict, events: _Events) -> SequenceDataset:
+    """The validated SequenceDataset of the events (ids "u0".. / "i1"..; item 0 = padding)."""
+    U, I = cfg.n_users, cfg.n_items + 1
+    cat_offsets, cat_ids = _item_category_csr(cat, I)
     ds = SequenceDataset(
-        offsets=offsets,
-        items=(item0 + 1).astype(np.int32),
-        actions=actions,
-        timestamps=timestamps.astype(np.int64),
+        offsets=events.offsets,
+        items=(events.item0 + 1).astype(np.int32),
+        actions=events.actions,
+        timestamps=events.timestamps,
         user_ids=np.array([f"u{u}" for u in range(U)], dtype=object),
         item_ids=np.array([""] + [f"i{i}" for i in range(1, I)], dtype=object),
         action_names=["<pad>", *cfg.action_names],
@@ -666,28 +767,38 @@ def generate(cfg: SyntheticConfig | None = None) -> SyntheticWorld:
         info={"name": "synthetic", "generator": "crbr.data.synthetic", "config": asdict(cfg)},
     )
     ds.validate()
+    return ds
 
+
+def _assemble_world(
+    cfg: SyntheticConfig, cat: dict, users: _Users, events: _Events, ds: SequenceDataset
+) -> SyntheticWorld:
+    """The SyntheticWorld: `ds` plus the ground truth, item arrays with row 0 = padding."""
+    U, I, D = cfg.n_users, cfg.n_items + 1, cfg.dim
+    item_emb = np.zeros((I, D), dtype=np.float32)
+    item_emb[1:] = cat["emb"]
     interest_offsets = np.zeros(U + 1, dtype=np.int64)
-    np.cumsum(k_u, out=interest_offsets[1:])
-    interest_categories = interest_cat[slot_ok].astype(np.int32)  # row-major: per user, by slot
+    np.cumsum(users.k, out=interest_offsets[1:])
+    interest_categories = users.categories[users.slot_ok].astype(np.int32)  # (P,) row-major: per user, by slot
     interest_vectors = _unit(
-        cat["centroids"][interest_categories] + cfg.item_spread * taste[slot_ok].astype(np.float64)
-    ).astype(np.float32)
+        cat["centroids"][interest_categories] + cfg.item_spread * users.taste[users.slot_ok].astype(np.float64)
+    ).astype(np.float32)  # (P, D)
+    pop = cat["pop"]
     return SyntheticWorld(
         dataset=ds,
         item_embeddings=item_emb,
-        item_category=item_category,
-        item_secondary=item_secondary,
-        item_popularity=item_popularity,
+        item_category=np.r_[-1, cat["primary"]].astype(np.int32),
+        item_secondary=np.r_[-1, cat["secondary"]].astype(np.int32),
+        item_popularity=np.r_[0.0, pop / pop.sum()],
         category_centroids=cat["centroids"].astype(np.float32),
         interest_offsets=interest_offsets,
         interest_categories=interest_categories,
-        interest_weights=w[slot_ok].astype(np.float64),
+        interest_weights=users.weights[users.slot_ok].astype(np.float64),
         interest_vectors=interest_vectors,
-        event_state=state.astype(np.int32),
-        event_explore=explore,
-        event_repeat=rep,
-        interest_tastes=taste[slot_ok].astype(np.float32),
+        event_state=events.state.astype(np.int32),
+        event_explore=events.explore,
+        event_repeat=events.repeat,
+        interest_tastes=users.taste[users.slot_ok].astype(np.float32),
         item_styles=np.r_[np.zeros((1, D)), cat["style"]].astype(np.float32),
         config=cfg,
     )
