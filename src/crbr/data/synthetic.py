@@ -88,7 +88,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,6 +95,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..fileio import atomic_file
 from .dataset import SequenceDataset
 
 __all__ = ["SyntheticConfig", "SyntheticWorld", "generate", "read_ground_truth"]
@@ -388,14 +388,8 @@ class SyntheticWorld:
             "category_name": pa.array(names[self.interest_categories].tolist(), type=pa.string()),
             "weight": pa.array(self.interest_weights.astype(np.float64)),
         })
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     def summary(self) -> str:

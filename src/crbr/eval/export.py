@@ -48,7 +48,8 @@ def topk_table(result: EvalResult, ds: SequenceDataset) -> pa.Table:
 def export_topk(result: EvalResult, ds: SequenceDataset, path: str | os.PathLike) -> Path:
     """Write the top-K lists of `result` to `path`: Parquet if it ends with .parquet, else CSV.
 
-    Atomic: written to a temporary file in the same directory, then os.replace'd over `path`.
+    Atomic (`crbr.fileio.write_table`): written to a temporary file in the same directory, then
+    os.replace'd over `path`; the file gets the permissions of a plain open() under the umask.
     The Parquet schema metadata also carries the protocol line and the reported metrics.
     """
     return write_table(topk_table(result, ds), path)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..data.dataset import SequenceDataset
+from ..fileio import atomic_file
 
 log = logging.getLogger("crbr.features")
 
@@ -190,19 +190,12 @@ def write_features(ds: SequenceDataset, features: np.ndarray, path: str | os.Pat
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".parquet"):
         raise ValueError(f"{path}: expected a .npy or .parquet output file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".npy":
-                np.save(f, features)
-            else:
-                D = features.shape[1]
-                emb = pa.FixedSizeListArray.from_arrays(pa.array(features[1:].reshape(-1), type=pa.float32()), D)
-                ids = pa.array(np.asarray(ds.item_ids, dtype=object)[1:].astype(str), type=pa.string())
-                pq.write_table(pa.table({"item_id": ids, "embedding": emb}), f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        if suffix == ".npy":
+            np.save(f, features)
+        else:
+            D = features.shape[1]
+            emb = pa.FixedSizeListArray.from_arrays(pa.array(features[1:].reshape(-1), type=pa.float32()), D)
+            ids = pa.array(np.asarray(ds.item_ids, dtype=object)[1:].astype(str), type=pa.string())
+            pq.write_table(pa.table({"item_id": ids, "embedding": emb}), f)
     return path

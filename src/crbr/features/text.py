@@ -23,15 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..data.dataset import SequenceDataset
+from ..fileio import atomic_file, atomic_write_text
 from .spec import DEFAULT_TEXT_MODEL
 
 log = logging.getLogger("crbr.features")
@@ -181,28 +180,10 @@ def text_cache_path(cache_dir: Path, model: TextModel, key: str) -> Path:
 
 
 def save_npy_atomic(path: Path, arr: np.ndarray) -> Path:
-    """np.save into a temporary sibling, then os.replace over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.save into a temporary sibling, then os.replace over `path` (`crbr.fileio.atomic_file`)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, arr)
+    return Path(path)
 
 
 def load_cached(path: Path, n_rows: int) -> np.ndarray | None:
@@ -256,6 +237,6 @@ def text_features(
         "n_items": ds.n_items, "dim": int(mat.shape[1]), "items_without_text": n_blank,
         "dataset": ds.info.get("name"), "version": TEXT_FEATURES_VERSION,
     }  # fmt: skip
-    _write_text_atomic(path.with_suffix(".json"), json.dumps(meta, indent=1))
+    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=1))
     log.info("cached text:%s features (%d x %d) at %s", model.name, mat.shape[0], mat.shape[1], path)
     return mat, path, False
