@@ -19,24 +19,36 @@ Formats (one function each):
 - `load_taobao(path)`  Taobao UserBehavior.csv (`user,item,category,behavior,timestamp`, no header):
   `load_table` with the `TAOBAO_COLUMNS` preset; behaviours pv/cart/fav/buy are the actions.
 
-Text files are decoded as utf-8, falling back to latin-1 when that fails.
+Encoding (`encoding`, default None = UTF-8; a leading BOM is dropped). A byte that is not valid
+in the encoding is an error naming the file, line and byte offset: nothing is re-read in another
+encoding behind the user's back. With an explicit `encoding` (e.g. "latin-1", "cp1252") every
+text file of the call is decoded with it. One exception, for the MovieLens title files whose
+original releases are latin-1 (u.item of 100K, movies.dat of 1M): with encoding None such a file
+is read as latin-1 when it is not UTF-8 *and* holds no UTF-8 multi-byte character at all (logged
+at INFO); a UTF-8 file with a broken byte is an error there too. Parquet files carry their own
+encoding; one that cannot be read is an error naming the file.
 
 Bad-input policy (`on_bad_line`, default "error"). A malformed line — wrong number of fields, an
-empty id, a non-numeric rating, a non-integer timestamp, a user line without items, a metadata
-row that cannot be parsed — either raises `ValueError("<file>, line <n>: <what> ...")` naming
-the file, the 1-based line number and the field ("error"), or is dropped, counted in
-`RawEvents.drops["<file name>:<reason>"]` and logged as a warning on the "crbr.data" logger
-("drop"). Blank lines carry no data: they are always skipped, counted (`...:blank_line`) and
-logged, in both modes. A missing column or file is always an error. Metadata for items that are
-not in the log is kept here and counted (then ignored) by `build_dataset`.
+empty id, an id that is a missing-value marker (`MISSING_ID_MARKERS`: NaN, None, null, <NA> in
+any case, as pandas / Python / JSON write a missing value), a non-numeric rating, a non-integer
+timestamp, a negative timestamp (before 1970: -1 is a common "unknown"; no interaction log goes
+back that far), a user line without items, a metadata row that cannot be parsed — either raises
+`ValueError("<file>, line <n>: <what> ...")` naming the file, the 1-based line number, the field
+and the value found ("error"), or is dropped, counted in `RawEvents.drops["<file name>:<reason>"]`
+and logged as a warning on the "crbr.data" logger ("drop"). Blank lines carry no data: they are
+always skipped, counted (`...:blank_line`) and logged, in both modes. A missing column or file,
+an undecodable byte and an unreadable Parquet file are always errors. Metadata for items that
+are not in the log is kept here and counted (then ignored) by `build_dataset`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -48,6 +60,13 @@ from .schema import RawEvents, conform_items
 log = logging.getLogger("crbr.data")
 
 OnBadLine = Literal["error", "drop"]
+
+# id values that are how a missing value gets written (pandas / numpy "NaN", Python "None", JSON
+# "null", pandas "<NA>"); compared case-insensitively after stripping
+MISSING_ID_MARKERS = ("nan", "none", "null", "<na>")
+
+# the encoding of the original MovieLens 100K u.item and 1M movies.dat (see read_text)
+MOVIELENS_LEGACY_ENCODING = "latin-1"
 
 # the 19 genres of MovieLens 100K, in u.genre / u.item flag order
 ML100K_GENRES = (
@@ -114,14 +133,45 @@ TAOBAO_ACTIONS = ["pv", "cart", "fav", "buy"]
 
 
 # ============================================================================ low-level text parsing
-def read_text(path: str | Path) -> str:
-    """File contents decoded as utf-8 (BOM stripped), or latin-1 when it is not valid utf-8."""
+# one valid UTF-8 multi-byte character (RFC 3629: no overlongs, surrogates or code points > U+10FFFF)
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+
+
+def read_text(path: str | Path, encoding: str | None = None, *, legacy: str | None = None) -> str:
+    """File contents decoded with `encoding` (None = UTF-8), a leading BOM dropped.
+
+    An undecodable byte raises ValueError naming the file, line and byte offset. `legacy` (only
+    with encoding None): the encoding of a format's original release, used for a file that is
+    not UTF-8 and has no UTF-8 multi-byte character in it (so nothing UTF-8 gets mis-decoded).
+    """
     data = Path(path).read_bytes()
+    enc = encoding or "utf-8"
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = data.decode("latin-1")
+        codecs.lookup(enc)
+    except LookupError:
+        raise ValueError(f"{path}: unknown encoding {enc!r}") from None
+    try:
+        text = data.decode(enc)
+    except UnicodeDecodeError as e:
+        if encoding is None and legacy and not _UTF8_MULTIBYTE.search(data):
+            log.info("%s: not UTF-8 and no UTF-8 character in it: read as %s, the format's own encoding", path, legacy)
+            text = data.decode(legacy)
+        else:
+            raise _decode_error(path, data, enc, e, explicit=encoding is not None) from None
     return text[1:] if text.startswith("\ufeff") else text
+
+
+def _decode_error(path: str | Path, data: bytes, enc: str, e: UnicodeDecodeError, explicit: bool) -> ValueError:
+    line = data[: e.start].decode(enc, errors="replace").count("\n") + 1
+    if explicit:
+        hint = f"the file is not {enc}"
+    else:
+        hint = "if the file is in another encoding, name it (encoding='latin-1', 'cp1252', ...; data.encoding in a config)"
+    byte = data[e.start]
+    return ValueError(f"{path}, line {line}: byte 0x{byte:02x} at byte offset {e.start} is not valid {enc} ({e.reason}); {hint}")
 
 
 def _check_policy(on_bad_line: str) -> None:
@@ -132,9 +182,17 @@ def _check_policy(on_bad_line: str) -> None:
 class _Reader:
     """Applies the bad-input policy for one file: raise naming the line, or count-and-drop."""
 
-    def __init__(self, path: Path, on_bad_line: str, drops: dict[str, int], unit: str = "line"):
+    def __init__(
+        self, path: Path, on_bad_line: str, drops: dict[str, int], unit: str = "line",
+        encoding: str | None = None, legacy: str | None = None,
+    ):
         _check_policy(on_bad_line)
         self.path, self.policy, self.drops, self.unit = Path(path), on_bad_line, drops, unit
+        self.encoding, self.legacy = encoding, legacy
+
+    def text(self) -> str:
+        """The file's contents (see `read_text`)."""
+        return read_text(self.path, self.encoding, legacy=self.legacy)
 
     def where(self, row: int) -> str:
         return f"{self.path}, {self.unit} {row}"
@@ -174,7 +232,7 @@ def _line_records(path: Path, reader: _Reader, separator: str | None, text: str 
     Returns columns row (Int64, 1-based line number) and fields (List(Utf8)); separator None
     splits on runs of whitespace. Blank lines are counted and skipped.
     """
-    text = read_text(path) if text is None else text
+    text = reader.text() if text is None else text
     lines = pl.Series("text", [text], dtype=pl.Utf8).str.split("\n").explode()
     df = pl.DataFrame(lines).with_row_index("row", offset=1).with_columns(pl.col("row").cast(pl.Int64))
     if text.endswith("\n") or text == "":
@@ -197,7 +255,7 @@ def _split_records(df: pl.DataFrame, reader: _Reader, separator: str | None) -> 
 
 def _csv_records(path: Path, reader: _Reader, separator: str, text: str | None = None) -> pl.DataFrame:
     """Like `_line_records` for files with quoted fields (Python's csv module; exact line numbers)."""
-    text = read_text(path) if text is None else text
+    text = reader.text() if text is None else text
     rows, starts = [], []
     rd = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
     prev = 0
@@ -222,7 +280,7 @@ def _csv_records(path: Path, reader: _Reader, separator: str, text: str | None =
 
 def _records(path: Path, reader: _Reader, separator: str | None) -> pl.DataFrame:
     """Records of a delimited text file; the csv engine only when the file contains quotes."""
-    text = read_text(path)
+    text = reader.text()
     if separator is not None and len(separator) == 1 and '"' in text:
         return _csv_records(path, reader, separator, text)
     return _line_records(path, reader, separator, text)
@@ -246,8 +304,9 @@ def _columns_from_fields(recs: pl.DataFrame, names: list[str]) -> pl.DataFrame:
 def _typed(df: pl.DataFrame, reader: _Reader, spec: dict[str, str], timestamp_format: str | None = None) -> pl.DataFrame:
     """Check and cast Utf8 columns in place. spec: column -> kind.
 
-    kinds: "id" (non-empty string, stripped), "int" / "float" (required number), "opt_str"
-    (stripped, empty -> null), "ts" (required unix time, or a datetime with `timestamp_format`).
+    kinds: "id" (non-empty string, stripped, not a missing-value marker), "int" / "float"
+    (required number), "opt_str" (stripped, empty -> null), "ts" (required unix time >= 0, or a
+    datetime with `timestamp_format` not before 1970).
     """
     for col, kind in spec.items():
         s = df[col].cast(pl.Utf8).str.strip_chars()
@@ -255,30 +314,48 @@ def _typed(df: pl.DataFrame, reader: _Reader, spec: dict[str, str], timestamp_fo
         if kind == "opt_str":
             df = df.with_columns(pl.when(empty).then(None).otherwise(s).alias(col))
             continue
-        df = reader.reject(df, empty, f"empty_{col}", lambda r, c=col: f"field '{c}' is empty")
-        s = df[col].cast(pl.Utf8).str.strip_chars()
+        df = reader.reject(df.with_columns(s.alias(col)), empty, f"empty_{col}", lambda r: f"field '{col}' is empty")
         if kind == "id":
-            df = df.with_columns(s.alias(col))
-            continue
-        if kind == "float":
-            v = s.cast(pl.Float64, strict=False)
-            bad, expect = v.is_null() | v.is_nan(), "a number"
-        elif kind == "ts" and timestamp_format:
-            v = s.str.strptime(pl.Datetime("us"), timestamp_format, strict=False).dt.epoch("s")
-            bad, expect = v.is_null(), f"a datetime in format {timestamp_format!r}"
-        elif kind in ("int", "ts"):
-            v = s.str.to_integer(strict=False)
-            bad, expect = v.is_null(), "an integer"
+            df = _check_id(df, reader, col)
         else:
-            raise ValueError(f"internal: unknown field kind {kind!r}")
-        df = df.with_columns(v.alias(col))
-        df = reader.reject(
-            df.with_columns(s.alias("__raw")),
-            bad,
-            f"bad_{col}",
-            lambda r, c=col, e=expect: f"field '{c}' is not {e}: {r['__raw']!r}",
-        ).drop("__raw")
+            df = _check_number(df, reader, col, kind, timestamp_format)
     return df
+
+
+def _check_id(df: pl.DataFrame, reader: _Reader, col: str) -> pl.DataFrame:
+    """Reject ids that are how a missing value gets written (`MISSING_ID_MARKERS`)."""
+    marker = df[col].str.to_lowercase().is_in(MISSING_ID_MARKERS)
+    return reader.reject(
+        df, marker, f"bad_{col}", lambda r: f"field '{col}' is {r[col]!r}, a missing-value marker, not an id"
+    )
+
+
+def _parse_number(s: pl.Series, kind: str, timestamp_format: str | None) -> tuple[pl.Series, pl.Series, str]:
+    """(parsed values, unparsable flags, what was expected) of a stripped Utf8 column."""
+    if kind == "float":
+        v = s.cast(pl.Float64, strict=False)
+        return v, v.is_null() | v.is_nan(), "a number"
+    if kind == "ts" and timestamp_format:
+        v = s.str.strptime(pl.Datetime("us"), timestamp_format, strict=False).dt.epoch("s")
+        return v, v.is_null(), f"a datetime in format {timestamp_format!r}"
+    if kind in ("int", "ts"):
+        v = s.str.to_integer(strict=False)
+        return v, v.is_null(), "an integer"
+    raise ValueError(f"internal: unknown field kind {kind!r}")
+
+
+def _check_number(df: pl.DataFrame, reader: _Reader, col: str, kind: str, timestamp_format: str | None) -> pl.DataFrame:
+    """Cast a numeric / timestamp column; reject unparsable values and negative timestamps."""
+    v, bad, expect = _parse_number(df[col], kind, timestamp_format)
+    df = df.with_columns(v.alias(col), df[col].alias("__raw"))
+    df = reader.reject(df, bad, f"bad_{col}", lambda r: f"field '{col}' is not {expect}: {r['__raw']!r}")
+    if kind == "ts":
+        df = reader.reject(
+            df, df[col] < 0, f"negative_{col}",
+            lambda r: f"field '{col}' is {r['__raw']!r}: unix time {r[col]} is negative "
+            "(before 1970-01-01; -1 often marks an unknown time)",
+        )
+    return df.drop("__raw")
 
 
 def _events(df: pl.DataFrame, *, timestamps: bool, action: bool, rating: bool) -> pl.DataFrame:
@@ -297,14 +374,16 @@ def _events(df: pl.DataFrame, *, timestamps: bool, action: bool, rating: bool) -
 
 
 # ============================================================================ MovieLens
-def load_movielens_100k(directory: str | Path, *, on_bad_line: OnBadLine = "error", name: str = "ml-100k") -> RawEvents:
+def load_movielens_100k(
+    directory: str | Path, *, on_bad_line: OnBadLine = "error", name: str = "ml-100k", encoding: str | None = None
+) -> RawEvents:
     """MovieLens 100K directory: u.data (events), u.item + u.genre (titles, 19 genres) when present."""
     d = Path(directory)
     data = d / "u.data"
     if not data.is_file():
         raise FileNotFoundError(f"{data}: MovieLens 100K ratings file not found")
     drops: dict[str, int] = {}
-    rd = _Reader(data, on_bad_line, drops)
+    rd = _Reader(data, on_bad_line, drops, encoding=encoding)
     recs = _check_field_count(_records(data, rd, "\t"), rd, 4, "user, item, rating, timestamp")
     df = _columns_from_fields(recs, ["user", "item", "rating", "timestamp"])
     df = _typed(df, rd, {"user": "id", "item": "id", "rating": "float", "timestamp": "ts"})
@@ -312,7 +391,7 @@ def load_movielens_100k(directory: str | Path, *, on_bad_line: OnBadLine = "erro
     files = [data]
     items = None
     if (d / "u.item").is_file():
-        items, meta_files = _ml100k_items(d / "u.item", on_bad_line, drops)
+        items, meta_files = _ml100k_items(d / "u.item", on_bad_line, drops, encoding)
         files += meta_files
     return RawEvents(events, items, files, drops, name)
 
@@ -321,19 +400,21 @@ def _movie_text(title: str, genres: list[str]) -> str:
     return f"{title}. Genres: {', '.join(genres)}" if genres else title
 
 
-def _ml100k_items(path: Path, on_bad_line: str, drops: dict[str, int]) -> tuple[pl.DataFrame, list[Path]]:
+def _ml100k_items(
+    path: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None = None
+) -> tuple[pl.DataFrame, list[Path]]:
     """u.item (`id|title|release|video|url|19 flags`); genre names from the sibling u.genre if any."""
     files = [path]
     genres = list(ML100K_GENRES)
     gpath = path.parent / "u.genre"
     if gpath.is_file():
         files.append(gpath)
-        grd = _Reader(gpath, "error", drops)
+        grd = _Reader(gpath, "error", drops, encoding=encoding)
         g = _check_field_count(_line_records(gpath, grd, "|"), grd, 2, "name|index")
         g = _typed(_columns_from_fields(g, ["name", "index"]), grd, {"name": "id", "index": "int"}).sort("index")
         genres = g["name"].to_list()
     n_fields = 5 + len(genres)
-    rd = _Reader(path, on_bad_line, drops)
+    rd = _Reader(path, on_bad_line, drops, encoding=encoding, legacy=MOVIELENS_LEGACY_ENCODING)
     recs = _check_field_count(_records(path, rd, "|"), rd, n_fields, f"id|title|release|video release|url|{len(genres)} genre flags")
     flags = pl.col("fields").list.slice(5)
     recs = recs.with_columns(flags.alias("flags"))
@@ -355,6 +436,7 @@ def load_movielens(
     *,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
+    encoding: str | None = None,
 ) -> RawEvents:
     """MovieLens ratings.dat (1M / 10M, `::`-separated) or ratings.csv (20M / 25M / latest).
 
@@ -366,10 +448,10 @@ def load_movielens(
     drops: dict[str, int] = {}
     if path.suffix.lower() == ".csv":
         cols = ColumnMap(user="userId", item="movieId", rating="rating", timestamp="timestamp")
-        raw = load_table(path, cols, on_bad_line=on_bad_line, name=name or path.parent.name)
+        raw = load_table(path, cols, on_bad_line=on_bad_line, name=name or path.parent.name, encoding=encoding)
         events, drops = raw.events, raw.drops
     else:
-        rd = _Reader(path, on_bad_line, drops)
+        rd = _Reader(path, on_bad_line, drops, encoding=encoding)
         recs = _check_field_count(_records(path, rd, "::"), rd, 4, "UserID::MovieID::Rating::Timestamp")
         df = _columns_from_fields(recs, ["user", "item", "rating", "timestamp"])
         df = _typed(df, rd, {"user": "id", "item": "id", "rating": "float", "timestamp": "ts"})
@@ -377,15 +459,16 @@ def load_movielens(
     files = [path]
     items = None
     if items_path is not None:
-        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
+        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops, encoding=encoding)
         files += meta_files
     return RawEvents(events, items, files, drops, name or path.parent.name)
 
 
-def _movies_items(path: Path, on_bad_line: str, drops: dict[str, int]) -> pl.DataFrame:
-    """movies.dat (`MovieID::Title::Genres`) or movies.csv (`movieId,title,genres`, with header)."""
-    rd = _Reader(path, on_bad_line, drops)
-    if path.suffix.lower() == ".csv":
+def _movies_items(path: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None = None) -> pl.DataFrame:
+    """movies.dat (`MovieID::Title::Genres`, latin-1 in 1M) or movies.csv (`movieId,title,genres`, with header)."""
+    csv_file = path.suffix.lower() == ".csv"
+    rd = _Reader(path, on_bad_line, drops, encoding=encoding, legacy=None if csv_file else MOVIELENS_LEGACY_ENCODING)
+    if csv_file:
         recs = _records(path, rd, ",")
         header = [h.strip() for h in recs["fields"][0]] if recs.height else []
         if header[:3] != ["movieId", "title", "genres"]:
@@ -414,6 +497,7 @@ def load_sequences(
     items_path: str | Path | None = None,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
+    encoding: str | None = None,
 ) -> RawEvents:
     """One user per line, `user item item ...` oldest first (S3-Rec/ICLRec, ml-1m_seq.txt).
 
@@ -426,7 +510,7 @@ def load_sequences(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: sequence file not found")
     drops: dict[str, int] = {}
-    rd = _Reader(path, on_bad_line, drops)
+    rd = _Reader(path, on_bad_line, drops, encoding=encoding)
     recs = _records(path, rd, None)
     recs = rd.reject(
         recs, recs["fields"].list.len() < 2, "empty_user", lambda r: f"user {r['fields'][0]!r} has no items"
@@ -436,8 +520,9 @@ def load_sequences(
         pl.col("fields").list.first().alias("user"),
         pl.col("fields").list.slice(1).alias("item"),
     ).explode("item")
+    df = _typed(df, rd, {"user": "id", "item": "id"})
     events = _events(df, timestamps=False, action=False, rating=False)
-    return _with_items(events, path, items_path, on_bad_line, drops, name)
+    return _with_items(events, path, items_path, on_bad_line, drops, name, encoding)
 
 
 def load_pairs(
@@ -446,27 +531,28 @@ def load_pairs(
     items_path: str | Path | None = None,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
+    encoding: str | None = None,
 ) -> RawEvents:
     """SASRec's `user item` file (whitespace separated), one event per line; order = file order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found")
     drops: dict[str, int] = {}
-    rd = _Reader(path, on_bad_line, drops)
+    rd = _Reader(path, on_bad_line, drops, encoding=encoding)
     recs = _check_field_count(_records(path, rd, None), rd, 2, "user item")
-    df = _columns_from_fields(recs, ["user", "item"])
+    df = _typed(_columns_from_fields(recs, ["user", "item"]), rd, {"user": "id", "item": "id"})
     events = _events(df, timestamps=False, action=False, rating=False)
-    return _with_items(events, path, items_path, on_bad_line, drops, name)
+    return _with_items(events, path, items_path, on_bad_line, drops, name, encoding)
 
 
 def _with_items(
     events: pl.DataFrame, path: Path, items_path: str | Path | None, on_bad_line: OnBadLine,
-    drops: dict[str, int], name: str | None,
+    drops: dict[str, int], name: str | None, encoding: str | None,
 ) -> RawEvents:
     """RawEvents of an order-only file, with item metadata from `items_path` when given."""
     files, items = [path], None
     if items_path is not None:
-        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops)
+        items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops, encoding=encoding)
         files += meta_files
     return RawEvents(events, items, files, drops, name or path.stem)
 
@@ -478,6 +564,7 @@ def load_item_metadata(
     columns: ItemColumnMap | None = None,
     on_bad_line: OnBadLine = "error",
     drops: dict[str, int] | None = None,
+    encoding: str | None = None,
 ) -> tuple[pl.DataFrame, list[Path]]:
     """Item metadata (ITEM_SCHEMA frame) and the files read, by file type.
 
@@ -489,18 +576,19 @@ def load_item_metadata(
         raise FileNotFoundError(f"{path}: item metadata file not found")
     drops = {} if drops is None else drops
     if path.suffix.lower() == ".json":
-        return _item2attributes(path, on_bad_line, drops), [path]
+        return _item2attributes(path, on_bad_line, drops, encoding), [path]
     if path.name == "u.item":
-        return _ml100k_items(path, on_bad_line, drops)
+        return _ml100k_items(path, on_bad_line, drops, encoding)
     if path.suffix.lower() == ".dat" or (path.name.lower() == "movies.csv" and columns is None):
-        return _movies_items(path, on_bad_line, drops), [path]
-    return load_item_table(path, columns or ItemColumnMap(), on_bad_line=on_bad_line, drops=drops), [path]
+        return _movies_items(path, on_bad_line, drops, encoding), [path]
+    table = load_item_table(path, columns or ItemColumnMap(), on_bad_line=on_bad_line, drops=drops, encoding=encoding)
+    return table, [path]
 
 
-def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int]) -> pl.DataFrame:
+def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None = None) -> pl.DataFrame:
     """`{"item_id": [attribute_id, ...]}` -> categories "attr:<id>", text "attributes <id> <id> ..."."""
     try:
-        obj = json.loads(read_text(path))
+        obj = json.loads(read_text(path, encoding))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(obj, dict):
@@ -514,6 +602,9 @@ def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int]) -> pl.
         )
         if not str(key).strip():
             rd.fail(None, "an empty item id", "bad_item")
+            continue
+        if str(key).strip().lower() in MISSING_ID_MARKERS:
+            rd.fail(None, f"item id {key!r} is a missing-value marker, not an id", "bad_item")
             continue
         if not ok:
             rd.fail(None, f"item {key!r}: attributes must be a list of integers, got {attrs!r}", "bad_attributes")
@@ -533,6 +624,7 @@ def load_item_table(
     *,
     on_bad_line: OnBadLine = "error",
     drops: dict[str, int] | None = None,
+    encoding: str | None = None,
 ) -> pl.DataFrame:
     """Generic item metadata table (CSV / TSV / Parquet) -> ITEM_SCHEMA frame."""
     path = Path(path)
@@ -543,7 +635,7 @@ def load_item_table(
         wanted["categories"] = cm.categories
     if cm.text:
         wanted["text"] = cm.text
-    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops)
+    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops, encoding)
     spec = {"item": "id"}
     if cm.text:
         spec["text"] = "opt_str"
@@ -563,6 +655,14 @@ def load_item_table(
 
 
 # ============================================================================ generic tables
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """pl.read_parquet, with a failure reported as the file not being a readable Parquet file."""
+    try:
+        return pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ValueError(f"{path}: not a readable Parquet file ({type(e).__name__}: {e})") from e
+
+
 def _read_table(
     path: Path,
     wanted: dict[str, str],
@@ -571,6 +671,7 @@ def _read_table(
     names: list[str] | None,
     on_bad_line: str,
     drops: dict[str, int],
+    encoding: str | None = None,
 ) -> tuple[pl.DataFrame, _Reader]:
     """Read the `wanted` columns (target name -> source column) as row + Utf8 columns.
 
@@ -580,7 +681,7 @@ def _read_table(
         raise FileNotFoundError(f"{path}: table not found")
     if path.suffix.lower() in (".parquet", ".pq"):
         rd = _Reader(path, on_bad_line, drops, unit="row")
-        tbl = pl.read_parquet(path)
+        tbl = _read_parquet(path)
         missing = [src for src in wanted.values() if src not in tbl.columns]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}; columns are {tbl.columns}")
@@ -598,7 +699,7 @@ def _read_table(
             else:
                 cols.append(pl.col(src).cast(pl.Utf8).alias(dst))
         return tbl.select(cols), rd
-    rd = _Reader(path, on_bad_line, drops)
+    rd = _Reader(path, on_bad_line, drops, encoding=encoding)
     recs = _records(path, rd, separator)
     if has_header:
         if recs.height == 0 or recs["row"][0] != 1:
@@ -628,6 +729,7 @@ def load_table(
     item_columns: ItemColumnMap | None = None,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
+    encoding: str | None = None,
 ) -> RawEvents:
     """Generic event table (CSV / TSV / Parquet) with a column mapping.
 
@@ -648,7 +750,7 @@ def load_table(
         if src:
             wanted[dst] = src
             spec[dst] = kind
-    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops)
+    df, rd = _read_table(path, wanted, cm.separator, cm.has_header, cm.names, on_bad_line, drops, encoding)
     df = _typed(df, rd, spec, cm.timestamp_format)
     events = _events(df, timestamps=bool(cm.timestamp), action=bool(cm.action), rating=bool(cm.rating))
     files = [path]
@@ -661,14 +763,18 @@ def load_table(
         )
         items = conform_items(items)
     elif items_path is not None:
-        items, meta_files = load_item_metadata(items_path, columns=item_columns, on_bad_line=on_bad_line, drops=drops)
+        items, meta_files = load_item_metadata(
+            items_path, columns=item_columns, on_bad_line=on_bad_line, drops=drops, encoding=encoding
+        )
         files += meta_files
     return RawEvents(events, items, files, drops, name or path.stem)
 
 
-def load_taobao(path: str | Path, *, on_bad_line: OnBadLine = "error", name: str | None = None) -> RawEvents:
+def load_taobao(
+    path: str | Path, *, on_bad_line: OnBadLine = "error", name: str | None = None, encoding: str | None = None
+) -> RawEvents:
     """Taobao UserBehavior.csv: `user,item,category,behavior,timestamp`, no header (Tianchi 649).
 
     Actions are the behaviours (pv, cart, fav, buy); categories come from the category column.
     """
-    return load_table(path, TAOBAO_COLUMNS, on_bad_line=on_bad_line, name=name or "taobao")
+    return load_table(path, TAOBAO_COLUMNS, on_bad_line=on_bad_line, name=name or "taobao", encoding=encoding)
