@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
 import faiss
@@ -194,7 +195,7 @@ def scopes(draw, n_queries: int):
     def one():
         return st.one_of(
             st.none(),
-            st.builds(Scope, categories=st.lists(st.integers(-1, N_CATS + 1), max_size=4)),
+            st.builds(Scope, categories=st.lists(st.integers(0, N_CATS - 1), max_size=4)),  # out of range: an error
             st.builds(Scope, items=st.lists(st.integers(-1, N_ITEMS + 3), max_size=40)),
             st.builds(Scope, categories=st.lists(st.integers(0, N_CATS - 1), min_size=1, max_size=6),
                       items=st.lists(st.integers(0, N_ITEMS), min_size=0, max_size=600)),
@@ -294,6 +295,87 @@ def test_violating_backend_results_are_dropped():
     got = r.ids[r.ids >= 0]
     assert len(got) and (got % 2 == 1).all()
     assert all((row[: (row >= 0).sum()] >= 0).all() for row in r.ids)  # survivors packed to the front
+
+
+def test_out_of_range_category_id_is_an_error():
+    V = np.random.default_rng(6).normal(size=(11, 4)).astype(np.float32)
+
+    class Items:
+        cat_offsets = np.arange(12)
+        cat_ids = np.array([0] + [1, 2] * 5, dtype=np.int32)
+        category_names = ["none", "shoes", "hats", "socks"]  # "socks" (3): valid, no item has it
+
+    ix = build_index(V, "exact", item_categories=Items)
+    for bad in (99, -1, "99", 4):
+        with pytest.raises(ValueError, match=rf"category id {int(bad)} is out of range: ids are 0..3 \(4 categories\)"):
+            ix.search(V[:2], 3, scope=Scope(categories=[1, bad]))
+        with pytest.raises(ValueError, match="out of range"):
+            ix.search(V[:2], 3, scope=[Scope(categories=[bad]), None])
+    assert ix.category_id("3") == 3 and ix.category_id(" 2") == 2
+    unnamed = build_index(V, "exact", item_categories=(Items.cat_offsets, Items.cat_ids))
+    with pytest.raises(ValueError, match=r"category id 3 is out of range: ids are 0..2 \(3 categories\)"):
+        unnamed.search(V[:2], 3, scope=Scope(categories=[3]))
+    with pytest.raises(ValueError, match="item categories"):
+        build_index(V, "exact").category_id(0)
+    with pytest.raises(ValueError, match="item categories"):
+        build_index(V, "exact").search(V[:2], 3, scope=Scope(categories=[]))
+    r = ix.search(V[:3], 10, scope=[Scope(categories=["hats"]), Scope(categories=[2]), Scope(categories=["2", "shoes"])])
+    assert set(r.ids[0][:5].tolist()) == set(r.ids[1][:5].tolist()) == {2, 4, 6, 8, 10}  # names in per-query scopes
+    assert set(r.ids[2][r.ids[2] >= 0].tolist()) == set(range(1, 11))
+
+
+def test_scope_selecting_nothing_is_empty_with_a_warning(caplog):
+    V = np.random.default_rng(7).normal(size=(11, 4)).astype(np.float32)
+    off, cat = np.arange(12), np.array([0] + [1, 2] * 5, dtype=np.int32)
+    ix = build_index(V, "exact", item_categories=(off, cat), ids=None)
+    for scope, shown in ((Scope(items=[50, 60]), "2 item id(s) [50, 60]"),
+                         (Scope(categories=[0]), "categories [0]"),  # only the padding row has category 0
+                         (Scope(categories=[1], items=[2, 4]), "categories [1]; 2 item id(s) [2, 4]")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="crbr.index"):
+            r = ix.search(V[:3], 5, scope=scope)
+        assert (r.ids == -1).all() and np.isneginf(r.scores).all()
+        assert any("selects none of the indexed items" in m and shown in m for m in caplog.messages), caplog.messages
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crbr.index"):
+        assert (ix.search(V[:3], 5, scope=Scope(categories=[1])).ids >= 0).all()
+    assert not caplog.messages
+
+
+# --------------------------------------------------------------------------- NaN / inf
+@pytest.mark.parametrize("name", list(KINDS))
+def test_non_finite_queries_are_an_error_naming_the_rows(world, name):
+    ix, Q = world["indexes"][name], world["Q"][:6].copy()
+    Q[2, 3] = np.nan
+    Q[4, 0], Q[4, 1] = np.inf, -np.inf
+    with pytest.raises(ValueError, match=r"queries: 2 query row\(s\) hold non-finite values: "
+                                         r"query row 2 \(NaN\); query row 4 \(inf, -inf\)"):
+        ix.search(Q, 5)
+    with pytest.raises(ValueError, match=r"query row 2 \(NaN\)"):
+        ix.search(torch.from_numpy(Q), 5, scope=Scope(categories=[1]))
+    assert (ix.search(Q[[0, 1, 3, 5]], 5).ids >= 0).all()  # the finite rows are fine
+
+
+def test_non_finite_queries_elsewhere(world):
+    Q = world["Q"][:3].copy()
+    Q[1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"query row 1 \(NaN\)"):
+        world["indexes"]["exact"].score_items(Q, np.ones((3, 2), np.int64))
+    multi = np.stack([world["Q"][:3], Q], 1)  # (3, 2, d): query 1, vector 1 is bad
+    with pytest.raises(ValueError, match=r"vectors: 1 \(query, vector\)\(s\) hold non-finite values: \(query, vector\) \(1, 1\) \(NaN\)"):
+        search_multi(world["indexes"]["flat"], multi, 5)
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_non_finite_item_vectors_are_an_error_naming_the_items(world, name):
+    V = world["V"].copy()
+    V[5, 2] = np.nan
+    V[9] = np.inf
+    V[0] = np.nan  # the padding row is not indexed
+    with pytest.raises(ValueError, match=r"vectors: 2 item id\(s\) hold non-finite values: item id 5 \(NaN\); item id 9 \(inf\)"):
+        build_index(V, IndexConfig.from_params(kind_of(name), KINDS[name]))
+    with pytest.raises(ValueError, match=r"item id 42 \(NaN\)"):
+        build_index(V[[1, 5]], kind_of(name), ids=[7, 42])
 
 
 # --------------------------------------------------------------------------- save / load
@@ -453,3 +535,19 @@ def test_cli_build_and_retrieve(world, tmp_path):
     assert (tmp_path / "top.csv").read_text().splitlines()[0].replace('"', "") == "query,rank,item_id,score"
     assert main(["retrieve", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"),
                  "--param", "M=3", "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_cli_retrieve_rejects_an_out_of_range_category(world, tmp_path, capsys):
+    from crbr.cli.main import main
+
+    ix = build_index(world["V"][:50], "exact", item_categories=(world["cats"][0][:51], world["cats"][1][: world["cats"][0][50]]))
+    ix.save(tmp_path / "idx")
+    np.save(tmp_path / "q.npy", world["Q"][:3])
+    n = ix.n_categories
+    for bad in ("99", "-1", str(n)):
+        args = ["retrieve", "--index", str(tmp_path / "idx"), "--queries", str(tmp_path / "q.npy"), "-k", "3",
+                "--categories", f"1,{bad}", "--out", str(tmp_path / "x.csv")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert f"category id {int(bad)} is out of range: ids are 0..{n - 1} ({n} categories)" in err, err
+    assert not (tmp_path / "x.csv").exists()

@@ -20,7 +20,14 @@ item -> categories CSR given at build time) and/or to an explicit array of item 
 an item must satisfy both). `scope` is one Scope shared by all queries or a list with one
 Scope (or None) per query; queries with equal scopes are searched together. Whatever the
 backend does, every result is checked against its scope afterwards and violators are dropped
-(and logged), so a scoped search never returns an out-of-scope item.
+(and logged), so a scoped search never returns an out-of-scope item. A category id outside
+0..n_categories-1 (or an unknown name) is an error; a valid scope that selects no indexed item
+(an empty category, an allow-list of ids not in the index) gives its queries empty results and
+logs a warning naming the scope.
+
+Bad numbers. Item vectors (at build time) and queries (at every search, any kind) holding NaN or
+inf raise ValueError naming the rows: such a row has no meaningful inner product, and the
+backends would silently return nothing (or garbage) for it.
 
 Subclasses implement `_search_positions` (one chunk of queries against all items or a sorted
 array of allowed positions) and their own storage; this module does ids, scopes, chunking and
@@ -144,8 +151,20 @@ class Scope:
     categories: Sequence[int] | None = None
     items: Sequence[int] | np.ndarray | None = None
 
+    def describe(self) -> str:
+        """Short text for messages (an allow-list by its size and first ids)."""
+        parts = []
+        if self.categories is not None:
+            parts.append(f"categories {list(self.categories)}")
+        if self.items is not None:
+            items = np.asarray(self.items).reshape(-1)
+            more = ", ..." if len(items) > 5 else ""
+            parts.append(f"{len(items)} item id(s) [{', '.join(str(i) for i in items[:5])}{more}]")
+        return "Scope(" + "; ".join(parts or ["everything"]) + ")"
+
     def key(self) -> tuple:
-        cats = None if self.categories is None else tuple(sorted({int(c) for c in self.categories}))
+        # str: ids and names alike (equal scopes spelled differently are merely searched apart)
+        cats = None if self.categories is None else tuple(sorted({str(c).strip() for c in self.categories}))
         items = None if self.items is None else np.unique(np.asarray(self.items, dtype=np.int64)).tobytes()
         return (cats, items)
 
@@ -154,8 +173,24 @@ ScopeArg = Scope | Sequence[Scope | None] | None
 
 
 # ------------------------------------------------------------------------------------- helpers
+def check_finite(x: np.ndarray, what: str, unit: str = "row", labels: np.ndarray | None = None) -> None:
+    """Raise ValueError when rows of x (..., d) hold NaN or inf, naming them (at most 10) and what
+    they hold. Rows are named by their index over the leading axes, or by `labels[row]` (1-D x)."""
+    bad_rows = np.argwhere(~np.isfinite(x).all(axis=-1))
+    if not len(bad_rows):
+        return
+    shown = []
+    for idx in bad_rows[:10]:
+        v = x[tuple(idx)]
+        found = [name for name, hit in (("NaN", np.isnan(v)), ("inf", np.isposinf(v)), ("-inf", np.isneginf(v))) if hit.any()]
+        at = labels[idx[0]] if labels is not None else (int(idx[0]) if len(idx) == 1 else tuple(int(i) for i in idx))
+        shown.append(f"{unit} {at} ({', '.join(found)})")
+    more = f", ... ({len(bad_rows) - 10} more)" if len(bad_rows) > 10 else ""
+    raise ValueError(f"{what}: {len(bad_rows)} {unit}(s) hold non-finite values: {'; '.join(shown)}{more}")
+
+
 def as_queries(x: Any, d: int) -> np.ndarray:
-    """(Q, d) C-contiguous float32 numpy array from numpy / torch / lists."""
+    """(Q, d) C-contiguous float32 numpy array from numpy / torch / lists; NaN / inf rows raise."""
     if isinstance(x, torch.Tensor):
         x = x.detach().to("cpu", torch.float32).numpy()
     x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
@@ -163,6 +198,7 @@ def as_queries(x: Any, d: int) -> np.ndarray:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != d:
         raise ValueError(f"queries: expected shape (Q, {d}), got {x.shape}")
+    check_finite(x, "queries", "query row")
     return x
 
 
@@ -335,28 +371,49 @@ class ItemIndex(abc.ABC):
         j = np.searchsorted(self.ids, x).clip(max=max(self.ntotal - 1, 0))
         return j[(self.ntotal > 0) & (self.ids[j] == x)] if self.ntotal else np.zeros(0, np.int64)
 
+    @property
+    def n_categories(self) -> int:
+        """Number of category ids (valid ids 0..n-1): the named ones, or up to the largest id used."""
+        if self.cat_ids is None:
+            return 0
+        used = int(self.cat_ids.max()) + 1 if len(self.cat_ids) else 0
+        return max(len(self.category_names), used)
+
+    def _require_categories(self) -> None:
+        if self.cat_offsets is None:
+            raise ValueError("a category scope needs item categories: build the index with item_categories=")
+
     def category_id(self, c: int | str) -> int:
-        """Category id from an id or (when the index knows them) a category name."""
-        if isinstance(c, str) and not c.lstrip("-").isdigit():
+        """Category id from an id or (when the index knows them) a category name.
+
+        An unknown name raises KeyError; an id outside 0..n_categories-1 raises ValueError.
+        """
+        self._require_categories()
+        if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
             try:
                 return self.category_names.index(c)
             except ValueError:
                 raise KeyError(f"unknown category {c!r}") from None
-        return int(c)
+        cid, n = int(c), self.n_categories
+        if not 0 <= cid < n:
+            valid = f"ids are 0..{n - 1} ({n} categories)" if n else "the index has no categories"
+            raise ValueError(f"category id {cid} is out of range: {valid}")
+        return cid
 
     def resolve_scope(self, scope: Scope) -> np.ndarray | None:
         """Sorted positions a scope allows (None = everything)."""
         allowed = None
         if scope.categories is not None:
-            if self._cat_pos is None:
-                raise ValueError("a category scope needs item categories: build the index with item_categories=")
+            self._require_categories()
             cats = np.unique([self.category_id(c) for c in scope.categories]).astype(np.int64)
-            cats = cats[(cats >= 0) & (cats < len(self._cat_pos_offsets) - 1)]
+            cats = cats[cats < len(self._cat_pos_offsets) - 1]  # valid ids no indexed item has
             parts = [self._cat_pos[self._cat_pos_offsets[c] : self._cat_pos_offsets[c + 1]] for c in cats]
             allowed = np.unique(np.concatenate(parts)) if len(parts) > 1 else (parts[0] if parts else np.zeros(0, np.int64))
         if scope.items is not None:
             pos = self.positions_of(scope.items)
             allowed = pos if allowed is None else np.intersect1d(allowed, pos, assume_unique=True)
+        if allowed is not None and len(allowed) == 0:
+            log.warning("%r: %s selects none of the indexed items; its queries get no results", self, scope.describe())
         return allowed
 
     def _scope_groups(self, scope: ScopeArg, Q: int) -> list[tuple[np.ndarray, np.ndarray | None]]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import IndexConfig, ItemIndex, load_categories, read_meta
+from .base import IndexConfig, ItemIndex, check_finite, load_categories, read_meta
 from .exact import ExactIndex
 from .faiss_index import FaissIndex
 
@@ -60,8 +60,7 @@ def build_index(
             raise ValueError("ids: must be unique")
         x = x[order]
     x = np.ascontiguousarray(x)
-    if not np.isfinite(x).all():
-        raise ValueError("vectors: contain NaN or infinite values")
+    check_finite(x, "vectors", "item id", labels=ids)
     if cfg.kind == "exact":
         return ExactIndex(x, ids, cfg, item_categories)
     return FaissIndex.build(x, ids, cfg, item_categories)

@@ -16,7 +16,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .base import ItemIndex, Scope, ScopeArg, SearchResult, row_order
+from .base import ItemIndex, Scope, ScopeArg, SearchResult, check_finite, row_order
 
 
 @runtime_checkable
@@ -90,6 +90,7 @@ def search_multi(index: ItemIndex, vectors: Any, k: int, scope: ScopeArg = None,
     v = np.asarray(vectors, dtype=np.float32)
     if v.ndim != 3:
         raise ValueError(f"vectors: expected (Q, T, d), got shape {v.shape}")
+    check_finite(v, "vectors", "(query, vector)")  # named before the flattening in index.search
     Q, T, d = v.shape
     kk = per_vector_k or k
     if scope is not None and not isinstance(scope, Scope):
