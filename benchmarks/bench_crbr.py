@@ -52,7 +52,7 @@ def stages(dataset: str, minutes: float) -> list[tuple[str, dict, dict]]:
         ("qformer", {"name": "qformer", "max_len": L, "hidden": 64, "n_queries": 16, "n_layers": 2, "n_heads": 2,
                      "dropout": 0.1, "n_negatives": 512, **feats},
          {"lr": 1e-3 if real else 3e-3, "patience": 5, "epochs": 200, **common}),
-        ("two_tower", {"name": "two_tower", "hidden": 64, "out_dim": 64, "n_negatives": 512, **feats},
+        ("two_tower", {"name": "set_transformer", "hidden": 64, "out_dim": 64, "n_negatives": 512, **feats},
          {"lr": 1e-3 if real else 3e-3, "patience": 4, "epochs": 100, **common}),
         ("crbr", {"name": "crbr", "codebook_sizes": [32, 32, 32], "beam": 4, "n_negatives": 512, "beta": 0.1,
                   "alpha": 0.1, "tau_decay": 2e-4},
@@ -109,6 +109,7 @@ def main() -> None:
     from crbr.data.dataset import make_split, train_item_counts
     from crbr.eval.interests import history_categories, interest_coverage
     from crbr.index import build_index
+    from crbr.retrieval import retrieve
     from crbr.train.loop import build_evaluator
     from crbr.config import EvalConfig
 
@@ -157,11 +158,10 @@ def main() -> None:
     variants = [(n, n, None) for n in models] + [("crbr_quota", "crbr", quota)]
     for name, stage, q in variants:
         m = models[stage]
-        if stage == "crbr":
-            m.config.merge_quota = q if q is not None else 0
+        opts = {"merge_quota": q or 0} if stage == "crbr" else {}
         ev = build_evaluator(ds, split, "test", ec, m.config.max_len, counts)
         with torch.no_grad():
-            res = ev.evaluate(lambda b: m.score(b).float(), export=True)
+            res = ev.evaluate(lambda b: m.score(b, **opts).float(), export=True)
         cov = interest_coverage(res.topk_items, interests, ds.cat_offsets, ds.cat_ids, 50)
         table[name] = {"Recall@50": res.metrics["Recall@50"], "NDCG@10": res.metrics["NDCG@10"],
                        "tail_HR@10": res.bucket_hr10[-1], "cov@50": float(np.nanmean(cov)),
@@ -183,7 +183,7 @@ def main() -> None:
 
     def t_crbr():
         with torch.no_grad():
-            return cr.retrieve(batch, k=50, index=idx, per_path_k=50)
+            return retrieve(cr, batch, k=50, index=idx, per_vector_k=50)
 
     lat = {}
     for _ in range(1):  # warm-up

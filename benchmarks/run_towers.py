@@ -38,8 +38,8 @@ RUNS = {
     "qformer_ab_next1": ("qformer", ["model.itc_future=1"]),
     "qformer_ab_input": ("qformer", ["model.position=input"]),
     "pinnerformer": ("pinnerformer", []),
-    "two_tower_pma": ("two_tower", ["model.pooling=pma"]),
-    "two_tower_mean": ("two_tower", ["model.pooling=mean"]),
+    "two_tower_pma": ("set_transformer", ["model.pooling=pma"]),
+    "two_tower_mean": ("set_transformer", ["model.pooling=mean"]),
 }
 LABEL = {
     "qformer_ab": "Q-Former A+B (max-sim)", "qformer_a": "Q-Former A only (max-sim)",

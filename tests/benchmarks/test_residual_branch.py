@@ -9,7 +9,7 @@ def model(**kw):
     m = ResidualMixture(ResidualMixtureConfig(n_items=30, n_actions=3, max_len=10, hidden=16, n_layers=1, n_heads=2,
                                               dropout=0.0, vis_dim=5, sem_dim=7, gating_init=0.4, **kw))
     g = torch.Generator().manual_seed(1)
-    m.attach_data(vis_feats=torch.randn(31, 5, generator=g).numpy(), sem_feats=torch.randn(31, 7, generator=g).numpy())
+    m.set_expert_features(vis_feats=torch.randn(31, 5, generator=g).numpy(), sem_feats=torch.randn(31, 7, generator=g).numpy())
     with torch.no_grad():
         m.router.net[-1].weight.normal_(0, 1.0, generator=g)
         for e in (m.vis_expert.out_ln, m.sem_expert.out_ln):  # a non-zero LN bias: a constant branch part

@@ -13,6 +13,7 @@ from crbr.data.dataset import leave_one_out
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.models import build_model
 from crbr.models.crbr_model import CRBR, CRBRConfig
+from crbr.retrieval import retrieve
 from crbr.train.checkpoint import load_model_from_checkpoint, save_weights
 
 torch.set_num_threads(1)
@@ -142,7 +143,7 @@ def test_context_start_with_zero_codes_is_retrieval_a():
         assert not torch.allclose(moved, out.queries)
         q_soft, _, _ = m.soft_path(m.context(b), tau=0.5)
         torch.testing.assert_close(q_soft, q_a)
-        got = m.retrieve(b, k=10)
+        got = retrieve(m, b, k=10)
         ref = (q_a @ m.item_vectors()[1:].T).topk(10, dim=1)
     np.testing.assert_array_equal(got.ids, ref.indices.numpy() + 1)
     np.testing.assert_allclose(got.scores, ref.values.numpy(), rtol=1e-5, atol=1e-6)
@@ -230,8 +231,8 @@ def test_path_retrieval_merges_without_duplicates_and_keeps_paths(trained, merge
     b = history_batch(ds, users, split.test.hist_len[:32], 64)
     m.config.merge_score = merge_score
     try:
-        r = m.retrieve(b, k=40, quota=15)
-        full = m.retrieve(b, k=20, per_path_k=ds.n_items)
+        r = retrieve(m, b, k=40, quota=15)
+        full = retrieve(m, b, k=20, per_vector_k=ds.n_items)
         with torch.no_grad():
             ref = m.score(b).topk(20, dim=1)
     finally:
@@ -260,7 +261,7 @@ def test_quota_scoring_equals_quota_merge_of_exact_searches(trained, quota):
     users = np.arange(24)
     b = history_batch(ds, users, split.test.hist_len[:24], 64)
     k = m.config.beam * quota
-    ref = m.retrieve(b, k=k, per_path_k=ds.n_items, quota=quota)
+    ref = retrieve(m, b, k=k, per_vector_k=ds.n_items, quota=quota)
     m.config.merge_quota = quota
     try:
         with torch.no_grad():

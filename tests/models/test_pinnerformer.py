@@ -23,7 +23,7 @@ def make(max_len=12, feats=False, **kw):
     m = PinnerFormer(PinnerFormerConfig(**base))
     if feats:
         g = torch.Generator().manual_seed(1)
-        m.attach_data(torch.randn(N_ITEMS + 1, FDIM, generator=g).numpy(), None)
+        m.set_item_data(torch.randn(N_ITEMS + 1, FDIM, generator=g).numpy(), None)
     return m.eval()
 
 
@@ -64,7 +64,7 @@ def test_causal_future_events_do_not_change_past_user_vectors():
     a = window([3, 5, 7, 9, 11], 12)
     b = window([3, 5, 7, 9, 20], 12)
     with torch.no_grad():
-        ua, ub = m.user_vectors(m.encode(a)), m.user_vectors(m.encode(b))
+        ua, ub = m.project_users(m.encode(a)), m.project_users(m.encode(b))
     assert torch.allclose(ua[:, :-1], ub[:, :-1], atol=1e-6)
     assert not torch.allclose(ua[:, -1], ub[:, -1], atol=1e-4)
     assert torch.allclose(ua[0, -5:].norm(dim=-1), torch.ones(5), atol=1e-5)
@@ -151,7 +151,7 @@ def counts_and_q():
 def test_logq_correction_is_minus_log_expected_sampling_count(n_random):
     m = make()
     counts, q = counts_and_q()
-    m.attach_data(None, counts)
+    m.set_item_data(None, counts)
     assert np.allclose(m.item_logq[1:].exp().numpy(), q[1:], rtol=1e-6)
     g = torch.Generator().manual_seed(0)
     u = F.normalize(torch.randn(4, 16, generator=g), dim=-1)
@@ -218,7 +218,7 @@ def train_batch_like(B=4, L=12, seed=0):
 
 def test_loss_finite_and_gradients_reach_all_parameters():
     m = make(feats=True, use_actions=True, learn_temperature=True, max_len=12, positions_per_seq=0).train()
-    m.attach_data(None, counts_and_q()[0])
+    m.set_item_data(None, counts_and_q()[0])
     out = m.loss(train_batch_like())
     assert torch.isfinite(out.loss) and out.loss.item() > 0
     assert out.logs["positions"] == 12 + 7 + 3 + 1 and "temperature" in out.logs
@@ -256,14 +256,14 @@ def test_loss_under_bf16_autocast_is_finite():
 def test_attach_data_checks_shapes_and_buffers_travel_with_the_state_dict():
     m = make(feats=True)
     feats = np.random.default_rng(0).standard_normal((N_ITEMS + 1, FDIM)).astype(np.float32)
-    m.attach_data(feats, counts_and_q()[0])
+    m.set_item_data(feats, counts_and_q()[0])
     assert torch.all(m.item_feats[0] == 0) and torch.allclose(m.item_feats[1:], torch.from_numpy(feats[1:]))
     with pytest.raises(ValueError, match="shape"):
-        m.attach_data(feats[1:], None)
+        m.set_item_data(feats[1:], None)
     with pytest.raises(ValueError, match="shape"):
-        m.attach_data(None, np.ones(N_ITEMS))
+        m.set_item_data(None, np.ones(N_ITEMS))
     with pytest.raises(ValueError, match="feature_dim"):
-        make().attach_data(feats, None)
+        make().set_item_data(feats, None)
     sd = m.state_dict()
     assert "item_feats" in sd and "item_logq" in sd
     fresh = make(feats=False, feature_dim=FDIM)  # buffers still zero / uniform
@@ -322,7 +322,7 @@ def test_learns_far_above_popularity(feats):
         cluster_code = rng.standard_normal((20, 4))
         item_feats = np.zeros((ds.n_items + 1, 4), dtype=np.float32)
         item_feats[1:] = np.repeat(cluster_code, 10, axis=0) + 0.3 * rng.standard_normal((ds.n_items, 4))
-    m.attach_data(item_feats, counts)
+    m.set_item_data(item_feats, counts)
     users = TrainUsers(ds, split, cfg.max_len)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     rng = np.random.default_rng(0)

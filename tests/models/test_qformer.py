@@ -96,7 +96,7 @@ def test_sdpa_matches_explicit_attention():
 
 def test_item_repr_table_and_gather_paths_agree():
     m = model(feature_dim=8)
-    m.attach_data(item_feats=np.random.default_rng(0).normal(size=(51, 8)).astype(np.float32))
+    m.set_item_data(item_feats=np.random.default_rng(0).normal(size=(51, 8)).astype(np.float32))
     ids = torch.tensor([[1, 2, 50], [0, 7, 7]])
     few = m.item_repr(ids)  # 6 ids < 51 rows: gather, then project
     table = m.item_repr()[ids]  # project the table, then gather
@@ -124,7 +124,7 @@ def test_score_is_max_over_tokens_of_dot_products():
 def test_itc_logq_and_accidental_hits():
     """Hand-check of Task A's logits: logQ of the mixed sampler, hits of the positive masked."""
     m = model(n_negatives=3, n_items=5)
-    m.attach_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
+    m.set_item_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
     z = torch.randn(2, 4, 16)
     pos = torch.tensor([2, 4])
     torch.manual_seed(5)
@@ -149,7 +149,7 @@ def test_itc_with_several_future_positives_matches_a_pair_by_pair_reference():
     """itc_future = k: one softmax term per (row, positive); the row's other positives are left
     out of its softmax, other rows' positives stay negatives; padding positives are skipped."""
     m = model(n_negatives=3, n_items=5)
-    m.attach_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
+    m.set_item_data(item_counts=np.array([0, 10, 20, 30, 20, 20]))
     z = torch.randn(2, 4, 16)
     pos = torch.tensor([[2, 4], [3, 0]])
     torch.manual_seed(5)
@@ -333,7 +333,7 @@ def test_learns_on_the_synthetic_world_with_and_without_features(fit_steps):
         else:  # frozen features only: the ground-truth item vectors
             m = QFormer(QFormerConfig(n_items=ds.n_items, n_actions=ds.n_actions, feature_dim=feats.shape[1],
                                       use_id_embedding=False, **settings))
-            m.attach_data(item_feats=feats, item_counts=counts)
+            m.set_item_data(item_feats=feats, item_counts=counts)
         fit_steps(m, ds, split, 250)
         with torch.no_grad():
             ndcg = ev.evaluate(m.score).metrics["NDCG@10"]

@@ -15,7 +15,7 @@ def make(mixture="residual", **kw):
                                 mixture=mixture, vis_dim=5, sem_dim=7, **kw)
     m = ResidualMixture(cfg)
     g = torch.Generator().manual_seed(1)
-    m.attach_data(vis_feats=torch.randn(31, 5, generator=g).numpy(), sem_feats=torch.randn(31, 7, generator=g).numpy())
+    m.set_expert_features(vis_feats=torch.randn(31, 5, generator=g).numpy(), sem_feats=torch.randn(31, 7, generator=g).numpy())
     with torch.no_grad():  # a non-uniform router, so the per-item weights matter
         m.router.net[-1].weight.normal_(0, 1.0, generator=g)
     return m.eval()

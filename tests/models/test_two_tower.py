@@ -48,7 +48,7 @@ def test_pma_pooling_is_a_set_function(world, tower_ckpt):
 def test_frozen_tower_gets_no_update_and_checkpoint_is_self_contained(world, tower_ckpt, tmp_path, fit_steps):
     ds, split = world
     m = build_model("two_tower", dict(tower_checkpoint=str(tower_ckpt), hidden=32, out_dim=32, n_negatives=32), ds, split)
-    assert m.config.tower["n_queries"] == 4  # the tower's config was copied from the checkpoint
+    assert m.config.tower.n_queries == 4  # the tower's config was copied from the checkpoint
     before = {k: v.clone() for k, v in m.tower.state_dict().items()}
     fit_steps(m, ds, split, 5)
     assert all(torch.equal(before[k], v) for k, v in m.tower.state_dict().items())

@@ -30,7 +30,7 @@ PIPELINE = [
       "n_negatives": 256, "max_masked": 16},
      {"epochs": 12, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 3}),
     ("two_tower", "Retrieval A (SAB+PMA)",
-     {"name": "two_tower", "tower_checkpoint": "", "hidden": 64, "out_dim": 64, "n_negatives": 256, "dropout": 0.1},
+     {"name": "set_transformer", "tower_checkpoint": "", "hidden": 64, "out_dim": 64, "n_negatives": 256, "dropout": 0.1},
      {"epochs": 6, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 2}),
     ("crbr", "Retrieval B (CRBR)",
      {"name": "crbr", "base_checkpoint": "", "codebook_sizes": [16, 16], "beam": 4, "n_negatives": 256,
@@ -151,6 +151,7 @@ def show_beams(model, ds, split, world, interests, out: Path, n_users: int = 3, 
     with several interests, and print each beam with the items it found beside the true interests."""
     from ..data.batching import history_batch
     from ..index import build_index
+    from ..retrieval import retrieve
 
     t = time.perf_counter()
     index = build_index(model.item_vectors(), "hnsw", M=16, ef_search=64)
@@ -161,7 +162,7 @@ def show_beams(model, ds, split, world, interests, out: Path, n_users: int = 3, 
     dev = next(model.parameters()).device  # the trainer moved the model (to the GPU, say)
     batch = {k: v.to(dev) for k, v in batch.items()}
     with torch.no_grad():
-        r = model.retrieve(batch, k=50, index=index, per_path_k=50)
+        r = retrieve(model, batch, k=50, index=index, per_vector_k=50)
     names = ds.category_names
     cat = world.item_category
     for row, i in enumerate(users):

@@ -42,7 +42,7 @@ from .schema import RawEvents
 
 log = logging.getLogger("crbr.data")
 
-PREPARE_VERSION = 1  # bump when loading / preprocessing semantics change (invalidates caches)
+PREPARE_VERSION = 2  # bump when loading / preprocessing semantics change (invalidates caches)
 
 FORMATS = ("ml-100k", "movielens", "sequences", "pairs", "table", "taobao", "synthetic")
 
@@ -111,6 +111,8 @@ class DataConfig:
     columns:      ColumnMap for format "table"
     item_columns: ItemColumnMap for a generic item table
     on_bad_line:  "error" | "drop" (loaders.py describes the policy)
+    encoding:     the text files' encoding (e.g. latin-1); None = UTF-8, where an invalid byte is
+                  an error naming the file, line and byte offset
     preprocess:   PreprocessConfig
     synthetic:    keyword arguments of crbr.data.synthetic.SyntheticConfig (format "synthetic")
     cache_dir:    None = $CRBR_CACHE or ~/.cache/crbr
@@ -125,6 +127,7 @@ class DataConfig:
     columns: ColumnMap = field(default_factory=ColumnMap)
     item_columns: ItemColumnMap | None = None
     on_bad_line: Literal["error", "drop"] = "error"
+    encoding: str | None = None  # text files' encoding; None = UTF-8 (an invalid byte is an error naming it)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     synthetic: dict[str, Any] = field(default_factory=dict)
     cache_dir: str | None = None
@@ -237,7 +240,7 @@ def cache_path(cfg: DataConfig, key: str | None = None) -> Path:
 def load_raw(cfg: DataConfig) -> RawEvents:
     """Run the loader of `cfg.format` (no preprocessing, no cache)."""
     cfg = cfg.resolved()
-    kw = {"on_bad_line": cfg.on_bad_line, "name": cfg.name}
+    kw = {"on_bad_line": cfg.on_bad_line, "name": cfg.name, "encoding": cfg.encoding}
     path = Path(cfg.path).expanduser()
     items = Path(cfg.items_path).expanduser() if cfg.items_path else None
     if cfg.format == "ml-100k":

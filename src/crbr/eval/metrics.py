@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..ranking import topk_ordered  # noqa: F401  (re-exported: the tie rule lives with the ranking contract)
+
 
 def _check_ks(ks) -> tuple[int, ...]:
     ks = tuple(sorted({int(k) for k in ks}))
@@ -104,40 +106,6 @@ def target_ranks(
     ranks = out.to(torch.float64).add_(1)
     ranks[torch.isneginf(st)] = float("inf")
     return ranks.cpu().numpy()
-
-
-def topk_ordered(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k items per row ordered by (-score, item id), exactly.
-
-    scores: (B, I) float32, masked (-inf on padding / masked items), no NaN; 1 <= k <= I.
-    Returns values (B, k) float32 and ids (B, k) int64. Positions whose score is -inf (fewer than
-    k rankable items) hold id 0 and value -inf.
-
-    torch.topk picks an arbitrary subset among items tied at the k-th value. A tie straddles the
-    k boundary exactly when the (k+1)-th largest value equals the k-th, so one topk of k + 1 items
-    detects it without another pass over the scores; those rows are repaired one by one by taking
-    the lowest ids among the tied items.
-    """
-    B, I = scores.shape
-    vals, idx = torch.topk(scores, min(k + 1, I), dim=1, largest=True, sorted=False)  # (B, k+1)
-    o = torch.argsort(idx, dim=1)
-    idx, vals = idx.gather(1, o), vals.gather(1, o)
-    o = torch.sort(vals, dim=1, descending=True, stable=True).indices  # stable: ids stay ascending
-    idx, vals = idx.gather(1, o), vals.gather(1, o)
-    if k < I:
-        straddle = (vals[:, k] == vals[:, k - 1]) & ~torch.isneginf(vals[:, k - 1])  # (B,)
-        idx, vals = idx[:, :k].contiguous(), vals[:, :k].contiguous()
-    else:
-        straddle = torch.zeros(B, dtype=torch.bool, device=scores.device)
-    kth = vals[:, -1:]  # (B, 1)
-    for b in torch.nonzero(straddle).flatten().tolist():
-        v = kth[b, 0].item()  # a Python float: kth is a view of vals, which the next lines write
-        n_gt = int((vals[b] > v).sum())
-        tied = torch.nonzero(scores[b] == v).flatten()[: k - n_gt]  # ascending ids
-        idx[b, n_gt:] = tied
-        vals[b, n_gt:] = v
-    idx = torch.where(torch.isneginf(vals), torch.zeros_like(idx), idx)
-    return vals, idx
 
 
 def idcg_table(k_max: int) -> np.ndarray:

@@ -43,6 +43,7 @@ it stay frozen.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -51,10 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from ..checkpoint import load_weights
+from ..ranking import RankedItems, rank_scores
+from ..settings import from_dict
+from .base import DataContext, LossOutput, QueryVectors, Recommender
 from .losses import batch_candidates, logq_from_counts, mixed_negative_logp, other_positives
 from .qformer import choose_cut, future_targets
-from .two_tower import TwoTower, TwoTowerConfig
+from .set_transformer import SetTransformerConfig, SetTransformerRetriever
 
 
 @dataclass
@@ -64,9 +68,11 @@ class CRBRConfig:
     n_items: int = 0
     n_actions: int = 0
     base_checkpoint: str = ""  # Retrieval A (two_tower) .safetensors: user context Q and item vectors
-    base: dict = field(default_factory=dict)  # its config (filled from the checkpoint)
+    base: SetTransformerConfig | dict | None = None  # its config (copied from base_checkpoint by the registry)
     codebook_sizes: list[int] = field(default_factory=lambda: [64, 64, 64])  # M_l per layer; L = len
     router_hidden: int = 128
+    # inference policy: the defaults of beam / branching / merge_quota / merge_score, each of which can
+    # also be given at call time (`score(batch, beam=8)`, `rank(...)`, crbr.retrieval.path_retrieve)
     beam: int = 4  # B at inference
     branching: str = "global"  # "global": top-B over all B x M_l candidates at every layer (seed 000 §3.3 text);
     # "first": B distinct layer-1 codes, then each path refined by its own best code (the seed's diagram)
@@ -117,14 +123,40 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.start: expected 'zero' or 'context', got {self.start!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
-        if not self.base and self.base_checkpoint:
-            from ..train.checkpoint import embedded_config
-
-            self.base = embedded_config(self.base_checkpoint, "two_tower") or {}
+        if isinstance(self.base, dict):  # given as settings (YAML, checkpoint metadata)
+            # sizes not given are this model's (the nested model shares the catalogue and actions)
+            inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
+            self.base = from_dict(SetTransformerConfig, {**inherit, **self.base}, "crbr.base") if self.base else None
+        self.inference()  # the default inference policy is valid
 
     @property
     def max_len(self) -> int:
-        return int(self.base.get("tower", {}).get("max_len", 1024)) if self.base else 1024
+        return self.base.max_len if self.base is not None else 1024
+
+    def inference(self, beam: int | None = None, branching: str | None = None, merge_quota: int | None = None,
+                  merge_score: str | None = None) -> "PathOptions":
+        """The inference policy: this config's defaults, with the given settings instead."""
+        opts = PathOptions(beam=self.beam if beam is None else int(beam),
+                           branching=self.branching if branching is None else branching,
+                           merge_quota=self.merge_quota if merge_quota is None else int(merge_quota),
+                           merge_score=self.merge_score if merge_score is None else merge_score)
+        if opts.beam < 1 or opts.merge_quota < 0:
+            raise ValueError(f"CRBR inference: beam must be >= 1 and merge_quota >= 0, got {opts.beam}, {opts.merge_quota}")
+        if opts.branching not in ("global", "first"):
+            raise ValueError(f"CRBR inference: branching must be 'global' or 'first', got {opts.branching!r}")
+        if opts.merge_score not in ("similarity", "path"):
+            raise ValueError(f"CRBR inference: merge_score must be 'similarity' or 'path', got {opts.merge_score!r}")
+        return opts
+
+
+@dataclass(frozen=True)
+class PathOptions:
+    """How beam paths are searched and merged at inference (see CRBRConfig for each setting)."""
+
+    beam: int
+    branching: str
+    merge_quota: int
+    merge_score: str
 
 
 @dataclass
@@ -139,17 +171,6 @@ class BeamOutput:
     queries: torch.Tensor
     codes: torch.Tensor
     scores: torch.Tensor
-
-
-@dataclass
-class PathRetrieval:
-    """Merged retrieval: ids/scores (U, k) best first, `path` (U, k) the beam that found each item
-    (-1 on padding), and the beams themselves for explanation."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    path: np.ndarray
-    beams: BeamOutput
 
 
 class RoutingBlock(nn.Module):
@@ -176,17 +197,20 @@ class RoutingBlock(nn.Module):
 
 
 class CRBR(Recommender):
+    model_name = "crbr"
+    config_class = CRBRConfig
+    vector_scores = "max"  # score = max over the beam paths' queries (plus path offsets: query_vectors)
+
     def __init__(self, config: CRBRConfig):
         super().__init__()
         self.config = c = config
         if c.n_items <= 0:
             raise ValueError("CRBRConfig.n_items must be set (build the model with crbr.models.build_model)")
-        if c.base_checkpoint and not c.base:
-            raise FileNotFoundError(f"CRBRConfig.base_checkpoint: {c.base_checkpoint} does not exist "
-                                    "(train Retrieval A first: crbr train -c configs/two_tower_*.yaml)")
-        bcfg = dict(c.base) if c.base else {}
-        bcfg.update(n_items=c.n_items, n_actions=bcfg.get("n_actions", c.n_actions))
-        self.base = TwoTower(TwoTowerConfig(**bcfg))
+        if c.base_checkpoint and c.base is None:
+            raise ValueError(f"CRBRConfig.base_checkpoint {c.base_checkpoint!r} is set but its config was not read "
+                             "(build the model with crbr.models.build_model)")
+        base = c.base if c.base is not None else SetTransformerConfig(n_actions=c.n_actions)
+        self.base = SetTransformerRetriever(dataclasses.replace(base, n_items=c.n_items))
         self.base.requires_grad_(False)
         if c.train_context == "pool":
             for p in self.context_head_parameters():
@@ -206,13 +230,16 @@ class CRBR(Recommender):
         self.base.eval()  # frozen
         return self
 
-    def attach_data(self, item_feats=None, item_counts=None, item_categories=None) -> None:
-        """Load the Retrieval A weights, the training counts (logQ); start layer 1 at items."""
-        c = self.config
-        if c.base_checkpoint:
-            from ..train.checkpoint import load_weights
+    def attach_data(self, data: DataContext) -> None:
+        """Load the base retriever's weights, the training counts (logQ); start layer 1 at items."""
+        if self.config.base_checkpoint:
+            load_weights(self.config.base_checkpoint, self.base)
+        self.set_item_data(data.item_counts, data.categories)
 
-            load_weights(c.base_checkpoint, self.base)
+    def set_item_data(self, item_counts: np.ndarray | None = None,
+                      item_categories: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Training counts (logQ), primary categories (diagnostics); layer-1 codes start at items."""
+        c = self.config
         if item_counts is not None:
             self.item_logq.copy_(logq_from_counts(item_counts))
         if item_categories is not None:
@@ -227,6 +254,10 @@ class CRBR(Recommender):
             self.blocks[0].codebook[: len(pick)] = V[pick] * (0.5 if c.start == "context" else 1.0)
 
     # ------------------------------------------------------------------ frozen base
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(U, B, D) the query of each beam path (the default inference policy)."""
+        return self.beams(batch).queries
+
     def item_vectors(self) -> torch.Tensor:
         """(I, D) the frozen item tower's vectors (cached per set of base weights)."""
         with torch.no_grad():
@@ -341,7 +372,8 @@ class CRBR(Recommender):
         return l_nce, l_align
 
     # ------------------------------------------------------------------ inference mode
-    def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False, memory: torch.Tensor | None = None):
+    def _beam(self, ctx: torch.Tensor, B: int, noise: bool = False, memory: torch.Tensor | None = None,
+              branching: str | None = None):
         """Beam search by Score = S + log softmax(z), vectorized over users and beams; with `noise`,
         the top-B choice at each layer is made on Gumbel-perturbed scores (stochastic paths for
         training) while S stays the paths' true log-probability. Differentiable in S and v.
@@ -367,7 +399,7 @@ class CRBR(Recommender):
                 idx = key.argmax(-1) + torch.arange(b, device=ctx.device)[None, :] * M  # (U, b) flat ids
             else:
                 idx = key.reshape(U, -1).topk(min(B, b * M), dim=1).indices  # (U, k), best first
-            per_path = self.config.branching == "first"
+            per_path = (branching or self.config.branching) == "first"
             cand = cand.reshape(U, -1)
             S = cand.gather(1, idx)
             parent, code = idx // M, idx % M
@@ -381,36 +413,50 @@ class CRBR(Recommender):
         return F.normalize(v, dim=-1), codes, S, states, probs
 
     @torch.no_grad()
-    def beam_search(self, ctx: torch.Tensor, beam: int | None = None, memory: torch.Tensor | None = None) -> BeamOutput:
+    def beam_search(self, ctx: torch.Tensor, beam: int | None = None, memory: torch.Tensor | None = None,
+                    branching: str | None = None) -> BeamOutput:
         """Top-`beam` paths per user by Score = S + log softmax(z), vectorized over users and beams
         (`memory`: the token set, route_on="tokens")."""
-        q, codes, S, _, _ = self._beam(ctx, beam or self.config.beam, memory=memory)
+        q, codes, S, _, _ = self._beam(ctx, beam or self.config.beam, memory=memory, branching=branching)
         return BeamOutput(q, codes, S)
 
-    def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None) -> BeamOutput:
+    def beams(self, batch: dict[str, torch.Tensor], beam: int | None = None, branching: str | None = None) -> BeamOutput:
         ctx, memory = self.routing_inputs(batch)
-        return self.beam_search(ctx, beam, memory)
+        return self.beam_search(ctx, beam, memory, branching)
 
-    def path_offsets(self, out: BeamOutput) -> torch.Tensor:
+    def query_vectors(self, batch: dict[str, torch.Tensor], **options) -> QueryVectors:
+        """One query per beam path, (U, B, D), with what merge & sort adds to each path's
+        similarities (`path_offsets`); details: the paths' "codes" (U, B, L) and "path_scores"
+        (U, B). `options`: the inference policy (`CRBRConfig.inference`); a per-path quota is
+        applied by the retrieval layer (crbr.retrieval.retrieve_paths)."""
+        opts = self.config.inference(**options)
+        out = self.beams(batch, opts.beam, opts.branching)
+        return QueryVectors(out.queries, self.path_offsets(out, opts.merge_score),
+                            {"codes": out.codes, "path_scores": out.scores})
+
+    def path_offsets(self, out: BeamOutput, merge_score: str | None = None) -> torch.Tensor:
         """(U, B) what merge & sort adds to path b's similarities: 0 (merge_score="similarity") or
         tau_nce * log w_b with w = softmax of the path scores over the beam ("path")."""
-        if self.config.merge_score == "path":
+        if (merge_score or self.config.merge_score) == "path":
             return self.config.nce_temperature * torch.log_softmax(out.scores.float(), 1)
         return torch.zeros_like(out.scores, dtype=torch.float32)
 
-    def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def score(self, batch: dict[str, torch.Tensor], **options) -> torch.Tensor:
         """(U, I) exact reference of path retrieval: each item scored by its best beam,
         max_b q_b . item + offset_b (merge & sort over full per-path lists; offset: `path_offsets`).
         With `merge_quota` = m, only the best m items attributed to each beam keep their score; the
-        others rank after them (score - 1e4), so the top B*m of this ranking equal `retrieve(..., quota=m)` with exact search."""
-        out = self.beams(batch)
+        others rank after them (score - 1e4), so the top B*m of this ranking equal
+        `crbr.retrieval.path_retrieve(..., quota=m)` with exact search. `options`: the inference
+        policy for this call (`CRBRConfig.inference`)."""
+        opts = self.config.inference(**options)
+        out = self.beams(batch, opts.beam, opts.branching)
         V = self.item_vectors()
         s_all = torch.einsum("ubd,id->ubi", out.queries, V)  # (U, B, I)
-        if self.config.merge_score == "path":  # (the similarity merge's offsets are zeros: skip the add)
-            s_all = s_all + self.path_offsets(out)[:, :, None]
+        if opts.merge_score == "path":  # (the similarity merge's offsets are zeros: skip the add)
+            s_all = s_all + self.path_offsets(out, "path")[:, :, None]
         s_all[:, :, 0] = float("-inf")
         s, src = s_all.max(1)  # (U, I) best score, attributed beam (ties: the earlier beam)
-        m = self.config.merge_quota
+        m = opts.merge_quota
         if m:
             mine = torch.where(src[:, None, :] == torch.arange(s_all.shape[1], device=s.device)[None, :, None], s[:, None, :],
                                torch.full_like(s_all, float("-inf")))  # (U, B, I) each beam's own items
@@ -421,23 +467,11 @@ class CRBR(Recommender):
             s = torch.where(keep, s, s - 1e4)
         return s
 
-    def retrieve(self, batch: dict[str, torch.Tensor], k: int, index=None, per_path_k: int | None = None,
-                 quota: int | None = None, beam: int | None = None) -> PathRetrieval:
-        """Beam search, one search per path (through `index`, a crbr.index ItemIndex, or exact),
-        then merge & sort. Returns the top-k items with the path that found each."""
-        from ..index import build_index
-        from ..index.retrieval import merge_results
-
-        out = self.beams(batch, beam)
-        U, B, D = out.queries.shape
-        if index is None:
-            index = build_index(self.item_vectors(), "exact")
-        kk = per_path_k or k
-        flat = index.search(out.queries.reshape(U * B, D).cpu().numpy(), kk)  # one batched call for all paths
-        sc = flat.scores.reshape(U, B, -1) + self.path_offsets(out).cpu().numpy()[:, :, None]
-        per_path = [type(flat)(sc[:, b], flat.ids.reshape(U, B, -1)[:, b]) for b in range(B)]
-        merged = merge_results(per_path, k, quota)
-        return PathRetrieval(merged.ids, merged.scores, merged.sources.astype(np.int64), out)
+    def rank(self, batch: dict[str, torch.Tensor], k: int, exclude: torch.Tensor | None = None,
+             scope: torch.Tensor | None = None, **options) -> RankedItems:
+        """The exact top-k of `score` under the inference policy `options` (beam, branching,
+        merge_quota, merge_score). Path provenance comes with crbr.retrieval.path_retrieve."""
+        return rank_scores(self.score(batch, **options), k, exclude, scope)
 
     # ------------------------------------------------------------------ diagnostics
     def code_usage(self, codes: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -464,7 +498,7 @@ class CRBR(Recommender):
             res[f"perplexity_l{l + 1}"] = ppl
             res[f"dead_share_l{l + 1}"] = dead
         res["distinct_first_codes"] = float(torch.tensor([len(set(r)) for r in out.codes[:, :, 0].tolist()]).float().mean())
-        cats = item_category if item_category is not None else getattr(self, "_item_category", None)
+        cats = item_category if item_category is not None else self._item_category
         if cats is not None:
             V = self.item_vectors()
             top = torch.einsum("ubd,id->ubi", out.queries, V[1:]).topk(min(k, V.shape[0] - 1), dim=-1).indices + 1  # (U, B, k)

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender, init_normal
+from .base import DataContext, LossOutput, Recommender, init_normal
 from .sasrec import CausalBlock
 
 
@@ -168,6 +168,9 @@ class ItemMLP(nn.Module):
 
 
 class PinnerFormer(Recommender):
+    model_name = "pinnerformer"
+    config_class = PinnerFormerConfig
+    vector_scores = "dot"
     ddp_find_unused_parameters = True  # a batch without a sampled position uses no head (see `loss`)
 
     def __init__(self, config: PinnerFormerConfig):
@@ -208,7 +211,12 @@ class PinnerFormer(Recommender):
 
     # ------------------------------------------------------------------ builder hook
     @torch.no_grad()
-    def attach_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
+    def attach_data(self, data: DataContext) -> None:
+        """The frozen item features (`item_features`) and the in-batch sampling distribution."""
+        self.set_item_data(data.features.get("item"), data.item_counts)
+
+    @torch.no_grad()
+    def set_item_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
         """Set the frozen item features and the in-batch sampling distribution.
 
         item_feats:  (n_items + 1, feature_dim) rows indexed by item id (row 0 = padding, zeroed);
@@ -250,8 +258,10 @@ class PinnerFormer(Recommender):
             x = f if x is None else x + f
         return x
 
-    def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """(..., D) unit-norm candidate embeddings."""
+    def item_vectors(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., D) unit-norm candidate embeddings of `ids` (None: the whole catalogue, (I, D))."""
+        if ids is None:
+            return self.catalogue()
         return F.normalize(self.item_head(self.item_repr(ids)), dim=-1)
 
     def catalogue(self) -> torch.Tensor:
@@ -261,7 +271,7 @@ class PinnerFormer(Recommender):
         dev = self.item_logq.device
         if torch.is_grad_enabled() or self.training:
             self._cache = None
-            return self.item_vectors(torch.arange(self.config.n_items + 1, device=dev))
+            return self.item_vectors(torch.arange(self.config.n_items + 1, device=dev))  # (I, D)
         key = tuple((id(t), t._version, t.device) for t in (*self.parameters(), *self.buffers()))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.item_vectors(torch.arange(self.config.n_items + 1, device=dev)))
@@ -286,13 +296,16 @@ class PinnerFormer(Recommender):
             x = blk(x, mask) * keep.unsqueeze(-1)
         return self.final_ln(x)
 
-    def user_vectors(self, h: torch.Tensor) -> torch.Tensor:
+    def project_users(self, h: torch.Tensor) -> torch.Tensor:
         """(..., D) unit-norm user embeddings from encoder states."""
         return F.normalize(self.user_proj(h), dim=-1)
 
     def user_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, D): unit-norm user embedding after the newest history event."""
-        return self.user_vectors(self.encode(batch)[:, -1])
+        return self.project_users(self.encode(batch)[:, -1])
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_embedding(batch)  # (B, D)
 
     # ------------------------------------------------------------------ API
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -341,7 +354,7 @@ class PinnerFormer(Recommender):
         j = sample_future_positives(tgt, batch.get("target_actions"), c.future_window, c.positive_actions)  # (B, L)
         sel = sample_positions(j >= 0, c.positions_per_seq)  # (B, L)
         h = self.encode(batch)  # (B, L, D)
-        u = self.user_vectors(h[sel])  # (P, D)
+        u = self.project_users(h[sel])  # (P, D)
         pos = tgt.gather(1, j.clamp(min=0))[sel]  # (P,) positive item ids
         P = len(pos)
         if P == 0:  # nothing to learn from; keep the graph so DDP / backward still work

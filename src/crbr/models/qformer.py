@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from .base import DataContext, LossOutput, Recommender
 from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_logp, other_positives
 
 
@@ -332,6 +332,9 @@ class QFormerEncoder(nn.Module):
 
 
 class QFormer(Recommender):
+    model_name = "qformer"
+    config_class = QFormerConfig
+    vector_scores = "max"  # score = max over the user's tokens of token . item
     # a batch may leave parameters unused (Task A off: the ITC heads; no slot to hide: the decoder),
     # which DistributedDataParallel must be told about
     ddp_find_unused_parameters = True
@@ -396,7 +399,10 @@ class QFormer(Recommender):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def attach_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
+    def attach_data(self, data: DataContext) -> None:
+        self.set_item_data(data.features.get("item"), data.item_counts)
+
+    def set_item_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
         """Fill the buffers derived from data: frozen item features (I, F) and training counts (I,)."""
         if item_feats is not None:
             if self.item_feats is None or tuple(item_feats.shape) != tuple(self.item_feats.shape):
@@ -491,6 +497,9 @@ class QFormer(Recommender):
     def user_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, M, out) L2-normalized user tokens in the retrieval space."""
         return F.normalize(self.user_head(self.encode(batch).tokens), dim=-1)
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_tokens(batch)  # (B, M, out)
 
     # ------------------------------------------------------------------ API
     def score(self, batch: dict[str, torch.Tensor], chunk: int = 1024) -> torch.Tensor:

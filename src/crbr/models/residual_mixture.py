@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from ..checkpoint import embedded_config, load_weights
+from .base import DataContext, LossOutput, Recommender
 from .sasrec import CausalBlock, SASRec, SASRecConfig
 
 MIXTURES = ("residual", "competitive")
@@ -206,6 +207,9 @@ class ResidualMixture(Recommender):
     """SASRec backbone + visual and semantic feature experts fused by residual enhancement
     (seed 004) or, as the ablation, by the competitive 3-way mixture it replaces."""
 
+    model_name = "residual_mixture"
+    config_class = ResidualMixtureConfig
+
     EXPERTS = ("vis", "sem")
 
     def __init__(self, config: ResidualMixtureConfig):
@@ -244,27 +248,30 @@ class ResidualMixture(Recommender):
 
     # ------------------------------------------------------------------ data
     @classmethod
-    def load_features(cls, ds, params: dict) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-        """Called by build_model: the two experts' feature matrices and the derived widths."""
-        from ..features import item_features
-
+    def feature_specs(cls, params: dict) -> dict[str, str]:
+        """The two experts' feature specs, under the names "vis" and "sem"."""
         defaults = {f.name: f.default for f in dataclasses.fields(ResidualMixtureConfig)}
-        feats, derived = {}, {}
-        for name in cls.EXPERTS:
-            spec = params.get(f"{name}_features", defaults[f"{name}_features"])
+        specs = {name: params.get(f"{name}_features", defaults[f"{name}_features"]) for name in cls.EXPERTS}
+        for name, spec in specs.items():
             if not spec:
                 raise ValueError(f"residual_mixture: {name}_features must be a feature spec (crbr.features)")
-            X = item_features(ds, spec)
-            feats[f"{name}_feats"] = X
-            derived[f"{name}_dim"] = int(X.shape[1])
-        return feats, derived
+        return specs
 
-    def attach_data(self, vis_feats: np.ndarray | None = None, sem_feats: np.ndarray | None = None,
-                    item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None) -> None:
-        """Copy the frozen expert inputs ((n_items + 1, vis_dim) and (n_items + 1, sem_dim)) and,
-        with `backbone_checkpoint`, load the trained SASRec into the backbone."""
+    @classmethod
+    def derived_settings(cls, data: DataContext, params: dict) -> dict:
+        """SASRec's sizes plus the experts' input widths (vis_dim, sem_dim)."""
+        out = super().derived_settings(data, params)
+        out.update({f"{name}_dim": int(data.features[name].shape[1]) for name in cls.EXPERTS if name in data.features})
+        return out
+
+    def attach_data(self, data: DataContext) -> None:
+        """With `backbone_checkpoint`, load the trained SASRec into the backbone; copy the experts' inputs."""
         if self.config.backbone_checkpoint:
             self.load_backbone(self.config.backbone_checkpoint)
+        self.set_expert_features(data.features.get("vis"), data.features.get("sem"))
+
+    def set_expert_features(self, vis_feats: np.ndarray | None = None, sem_feats: np.ndarray | None = None) -> None:
+        """Copy the frozen expert inputs ((n_items + 1, vis_dim) and (n_items + 1, sem_dim))."""
         for name, X in (("vis_feats", vis_feats), ("sem_feats", sem_feats)):
             if X is None:
                 continue
@@ -278,8 +285,6 @@ class ResidualMixture(Recommender):
 
     def load_backbone(self, path: str) -> None:
         """Initialise the backbone from a SASRec checkpoint of the same architecture."""
-        from ..train.checkpoint import embedded_config, load_weights
-
         if not Path(path).exists():
             raise FileNotFoundError(f"ResidualMixtureConfig.backbone_checkpoint: {path} does not exist")
         theirs = embedded_config(path, "sasrec")

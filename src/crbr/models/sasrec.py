@@ -95,6 +95,9 @@ class CausalBlock(nn.Module):
 
 
 class SASRec(Recommender):
+    model_name = "sasrec"
+    config_class = SASRecConfig
+
     def __init__(self, config: SASRecConfig):
         super().__init__()
         self.config = c = config
@@ -190,6 +193,17 @@ class SASRec(Recommender):
             return {}
         off = self.seen_offsets().detach()
         return {f"seen_offset_{a}": off[a] for a in range(1, len(off))}
+
+    @property
+    def vector_scores(self) -> str | None:
+        """Scores are user . item, unless seen_bias adds per-user offsets to window items."""
+        return None if self.config.seen_bias else "dot"
+
+    def user_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.user_embedding(batch)  # (B, D)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.item_emb.weight  # (I, D)
 
     def score(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.add_seen_offsets(self.user_embedding(batch) @ self.item_emb.weight.T, batch)  # (B, I)

@@ -19,21 +19,24 @@ Without a checkpoint a fresh tower is trained jointly (end to end).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LossOutput, Recommender
+from ..checkpoint import load_weights
+from ..settings import from_dict
+from .base import DataContext, LossOutput, Recommender
 from .losses import batch_candidates, logq_from_counts, mixed_negative_infonce
 from .qformer import MHA, QFormer, QFormerConfig, choose_cut
 
 
 @dataclass
-class TwoTowerConfig:
+class SetTransformerConfig:
     """n_items / n_actions / feature_dim / n_categories / max_item_categories are derived by `build_model`."""
 
     n_items: int = 0
@@ -43,7 +46,7 @@ class TwoTowerConfig:
     n_categories: int = 0
     max_item_categories: int = 0
     tower_checkpoint: str = ""  # Q-Former .safetensors; "" = train a fresh tower end to end
-    tower: dict = field(default_factory=dict)  # the Q-Former's config (filled from the checkpoint)
+    tower: QFormerConfig | dict | None = None  # the Q-Former's config (copied from tower_checkpoint by the registry)
     finetune_tower: bool = False
     hidden: int = 64  # D of the adapter and the item tower
     out_dim: int = 64
@@ -64,7 +67,7 @@ class TwoTowerConfig:
 
     @property
     def max_len(self) -> int:
-        return int(self.tower.get("max_len", 1024)) if self.tower else 1024
+        return self.tower.max_len if self.tower is not None else 1024
 
     def __post_init__(self) -> None:
         if self.pooling not in ("pma", "mean"):
@@ -73,10 +76,10 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"TwoTowerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
-        if not self.tower and self.tower_checkpoint:
-            from ..train.checkpoint import embedded_config
-
-            self.tower = embedded_config(self.tower_checkpoint, "qformer") or {}
+        if isinstance(self.tower, dict):  # given as settings (YAML, checkpoint metadata)
+            # sizes not given are this model's (the tower shares the catalogue and actions)
+            inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
+            self.tower = from_dict(QFormerConfig, {**inherit, **self.tower}, "set_transformer.tower") if self.tower else None
 
 
 class MAB(nn.Module):
@@ -111,18 +114,21 @@ class SetBlock(nn.Module):
         return self.mab(x, h)
 
 
-class TwoTower(Recommender):
-    def __init__(self, config: TwoTowerConfig):
+class SetTransformerRetriever(Recommender):
+    model_name = "set_transformer"
+    config_class = SetTransformerConfig
+    vector_scores = "dot"
+
+    def __init__(self, config: SetTransformerConfig):
         super().__init__()
         self.config = c = config
         if c.n_items <= 0:
             raise ValueError("TwoTowerConfig.n_items must be set (build the model with crbr.models.build_model)")
-        if c.tower_checkpoint and not c.tower:
-            raise FileNotFoundError(f"TwoTowerConfig.tower_checkpoint: {c.tower_checkpoint} does not exist "
-                                    "(train the Q-Former first, e.g. crbr train -c configs/qformer_ml1m.yaml)")
-        tcfg = dict(c.tower) if c.tower else {}
-        tcfg.update(n_items=c.n_items, n_actions=tcfg.get("n_actions", c.n_actions))
-        self.tower = QFormer(QFormerConfig(**tcfg))
+        if c.tower_checkpoint and c.tower is None:
+            raise ValueError(f"SetTransformerConfig.tower_checkpoint {c.tower_checkpoint!r} is set but its config "
+                             "was not read (build the model with crbr.models.build_model)")
+        tower = c.tower if c.tower is not None else QFormerConfig(n_actions=c.n_actions)
+        self.tower = QFormer(dataclasses.replace(tower, n_items=c.n_items))
         if c.tower_checkpoint and not c.finetune_tower:
             self.tower.requires_grad_(False)
         D, Dq = c.hidden, self.tower.config.hidden
@@ -167,14 +173,16 @@ class TwoTower(Recommender):
             self.tower.eval()  # a frozen tower keeps its dropout off
         return self
 
-    def attach_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None,
-                    item_categories: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """Fill data-derived buffers and load the pre-trained tower's weights."""
-        c = self.config
-        if c.tower_checkpoint:
-            from ..train.checkpoint import load_weights
+    def attach_data(self, data: DataContext) -> None:
+        """Load the pre-trained tower's weights and fill the data-derived buffers."""
+        if self.config.tower_checkpoint:
+            load_weights(self.config.tower_checkpoint, self.tower)
+        self.set_item_data(data.features.get("item"), data.item_counts, data.categories)
 
-            load_weights(c.tower_checkpoint, self.tower)
+    def set_item_data(self, item_feats: np.ndarray | None = None, item_counts: np.ndarray | None = None,
+                      item_categories: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Fill the buffers derived from data: item features (I, F), training counts (I,), categories (CSR)."""
+        c = self.config
         if item_feats is not None:
             if self.item_feats is None or tuple(item_feats.shape) != tuple(self.item_feats.shape):
                 raise ValueError(f"item features of shape {tuple(item_feats.shape)} do not fit the item tower")
@@ -255,4 +263,8 @@ class TwoTower(Recommender):
         return LossOutput(loss, {"loss": loss.detach(), "tau": 1.0 / self.log_inv_tau.detach().exp()})
 
 
-__all__ = ["TwoTower", "TwoTowerConfig", "MAB", "SetBlock"]
+# the names before the model was registered as "set_transformer"
+TwoTower = SetTransformerRetriever
+TwoTowerConfig = SetTransformerConfig
+
+__all__ = ["SetTransformerRetriever", "SetTransformerConfig", "TwoTower", "TwoTowerConfig", "MAB", "SetBlock"]
