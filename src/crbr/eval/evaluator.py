@@ -19,9 +19,12 @@ import torch.distributed as dist
 
 from ..data.batching import eval_batches
 from ..data.dataset import EvalSet, SequenceDataset
+from ..ranking import RankedItems
 from .metrics import _check_ks, popularity_buckets, target_ranks, topk_ordered, user_metrics
 
 ScoreFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# rank_fn(batch, k, exclude (B, H) or None) -> RankedItems (crbr.ranking)
+RankFn = Callable[[dict[str, torch.Tensor], int, "torch.Tensor | None"], RankedItems]
 
 HR_BUCKET_K = 10  # popularity buckets report HR@10
 
@@ -74,7 +77,8 @@ class EvalResult:
             lines.append(
                 f"{k:>5} {m[f'HR@{k}']:>8.4f} {m[f'NDCG@{k}']:>8.4f} {m[f'Recall@{k}']:>8.4f} {m[f'coverage@{k}']:>9.4f}"
             )
-        lines.append(f"{'MRR':>5} {self.metrics['MRR']:>8.4f}")
+        mrr = next(n for n in self.metrics if n.startswith("MRR"))  # "MRR", or "MRR@K" on top-K lists
+        lines.append(f"{mrr:>5} {self.metrics[mrr]:>8.4f}")
         nb = len(self.bucket_hr10)
         lines.append(f"HR@10 by item popularity ({nb} buckets of equal item count, head -> tail):")
         for b, (hr, n) in enumerate(zip(self.bucket_hr10, self.bucket_counts)):
@@ -165,11 +169,13 @@ class Evaluator:
         self.chunk_users = max(1, min(self.batch_size, self.chunk_bytes // (4 * self.I)))
 
     # ----------------------------------------------------------------- protocol
-    def protocol(self) -> str:
+    def protocol(self, ranking: str | None = None) -> str:
+        """One line saying how the numbers were obtained; `ranking` describes a model's own top-K
+        lists when they replace the full ranking (evaluate_ranked)."""
         es = self.eval_set
         n_u, n_t = len(es), len(es.target_items)
         per = "1 per user" if n_t == n_u else f"{n_t / max(n_u, 1):.2f} per user"
-        parts = [f"full ranking over {self.n_items} items"]
+        parts = [f"ranked by {ranking} over {self.n_items} items" if ranking else f"full ranking over {self.n_items} items"]
         if self.split_name:
             parts.append(self.split_name)
         parts += [
@@ -190,88 +196,113 @@ class Evaluator:
         call this; each evaluates users rank, rank + world, ... and all ranks return the global
         metrics; exported top-K lists are gathered on rank 0 only.
         """
+        depth = min(self.n_items, max(self.ks[-1], self.export_k if export else 0))
+        acc = _Sums(self, depth, export)
+        buf: torch.Tensor | None = None  # (chunk_users, I) float32, reused by every chunk
+        with torch.no_grad():
+            for sl, batch, local in self._chunks():
+                B = sl.stop - sl.start
+                buf = self._scores_buffer(buf, score_fn(batch), B)
+                scores = self._masked_scores(buf[:B], local.users[sl], local.hist_len[sl])  # (B, I) float32
+                rows, tgt, offs = self._targets(local, sl)
+                ranks = target_ranks(scores, torch.from_numpy(rows), torch.from_numpy(tgt), self.chunk_bytes // 4)
+                vals, idx = topk_ordered(scores, depth)  # (B, depth)
+                acc.add(ranks, tgt, offs, vals, idx)
+                del scores, batch
+        return acc.result(self.protocol())
+
+    def evaluate_ranked(self, rank_fn: RankFn, export: bool = False, ranking: str = "the model's top-K") -> EvalResult:
+        """The same metrics from a model's own top-K lists, for models that rank instead of
+        scoring the whole catalogue (beam search, generative decoding).
+
+        rank_fn(batch, k, exclude) -> RankedItems with k = max(ks) (or export_k when larger),
+        ordered by (-score, id), padded with item 0; `exclude` (B, H) holds each user's whole
+        visible history when the protocol masks it (else None), and no list may contain an
+        excluded item. A target outside the list is a miss; MRR is computed on the list and named
+        MRR@K. For a model that can score the catalogue this gives the same HR / NDCG / Recall /
+        coverage as `evaluate`. `ranking` describes the lists in the protocol line.
+        """
+        depth = max(self.ks[-1], self.export_k if export else 0)
+        acc = _Sums(self, depth, export, mrr_name=f"MRR@{depth}")
+        with torch.no_grad():
+            for sl, batch, local in self._chunks():
+                users, hist = local.users[sl], local.hist_len[sl]
+                exclude = self._history_ids(users, hist) if self.mask_history else None
+                res = rank_fn(batch, depth, exclude)
+                items, vals = self._check_ranked(res, len(users), depth, exclude)
+                rows, tgt, offs = self._targets(local, sl)
+                hit = items[torch.from_numpy(rows)] == torch.from_numpy(tgt)[:, None]  # (P, depth)
+                ranks = np.where(hit.any(1).numpy(), hit.float().argmax(1).numpy() + 1.0, np.inf)
+                acc.add(ranks, tgt, offs, vals, items)
+        return acc.result(self.protocol(ranking.replace("top-K", f"top-{depth}")))
+
+    def evaluate_model(self, model, export: bool = False, device: "torch.device | str | None" = None,
+                       **options) -> EvalResult:
+        """Evaluate a crbr model through the form it declares (`model.ranking`): full-catalogue
+        scores, or its own top-K lists. `options` are the model's inference settings."""
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+
+        def on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(dev) for k, v in batch.items()}
+
+        if model.ranking == "score":
+            # always fp32: bf16 scores would create ties that the ranking then breaks by item id
+            return self.evaluate(lambda b: model.score(on_device(b), **options).float(), export=export)
+        desc = "the model's top-K" + "".join(f", {k} {v}" for k, v in sorted(options.items()))
+        return self.evaluate_ranked(lambda b, k, ex: model.rank(on_device(b), k, exclude=ex, **options).to("cpu"),
+                                    export=export, ranking=desc)
+
+    def _chunks(self):
+        """(slice, batch, local EvalSet) per chunk of this rank's users (strided under DDP)."""
         rank, world = _dist()
         es = self.eval_set
         local = es if world == 1 else es.subset(np.arange(rank, len(es), world))
-        ks = self.ks
-        k_list = min(self.n_items, max(ks[-1], self.export_k if export else 0))
-        k_exp = min(self.n_items, self.export_k)
-        names = [f"{m}@{k}" for k in ks for m in ("HR", "NDCG", "Recall")] + ["MRR"]
-        sums = dict.fromkeys(names, 0.0)
-        b_hits = np.zeros(self.n_buckets, dtype=np.float64)
-        b_cnt = np.zeros(self.n_buckets, dtype=np.float64)
-        best_pos = torch.full((self.I,), k_list, dtype=torch.int64)  # best list position per item
-        tk_items: list[np.ndarray] = []
-        tk_scores: list[np.ndarray] = []
-        buf: torch.Tensor | None = None  # (chunk_users, I) float32, reused by every chunk
+        for sl, batch in eval_batches(self.ds, local, self.max_len, self.chunk_users):
+            yield sl, batch, local
 
-        with torch.no_grad():
-            for sl, batch in eval_batches(self.ds, local, self.max_len, self.chunk_users):
-                users = local.users[sl]
-                B = len(users)
-                buf = self._scores_buffer(buf, score_fn(batch), B)
-                scores = self._masked_scores(buf[:B], users, local.hist_len[sl])  # (B, I) float32
-                offs = local.target_offsets[sl.start : sl.stop + 1]
-                tgt = np.asarray(local.target_items[offs[0] : offs[-1]], dtype=np.int64)  # (P,)
-                offs = offs - offs[0]
-                rows = np.repeat(np.arange(B, dtype=np.int64), np.diff(offs))  # (P,)
-                ranks = target_ranks(scores, torch.from_numpy(rows), torch.from_numpy(tgt), self.chunk_bytes // 4)
-                for name, v in user_metrics(ranks, offs, ks).items():
-                    sums[name] += float(v.sum())
-                bk = self.bucket_of[tgt]  # (P,)
-                b_hits += np.bincount(bk, weights=(ranks <= HR_BUCKET_K).astype(np.float64), minlength=self.n_buckets)
-                b_cnt += np.bincount(bk, minlength=self.n_buckets)
+    @staticmethod
+    def _targets(local: EvalSet, sl: slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The chunk's (row (P,), target (P,)) pairs and its per-user offsets (B + 1,) into them."""
+        offs = local.target_offsets[sl.start : sl.stop + 1]
+        tgt = np.asarray(local.target_items[offs[0] : offs[-1]], dtype=np.int64)  # (P,)
+        offs = offs - offs[0]
+        rows = np.repeat(np.arange(len(offs) - 1, dtype=np.int64), np.diff(offs))  # (P,)
+        return rows, tgt, offs
 
-                vals, idx = topk_ordered(scores, k_list)  # (B, k_list)
-                idx = idx.cpu()
-                pos = torch.arange(k_list).expand(B, k_list)
-                best_pos.scatter_reduce_(0, idx.reshape(-1), pos.reshape(-1), reduce="amin")
-                if export:
-                    tk_items.append(idx[:, :k_exp].numpy())
-                    tk_scores.append(vals[:, :k_exp].cpu().numpy())
-                del scores, batch
+    def _history_ids(self, users: np.ndarray, hist_len: np.ndarray) -> torch.Tensor:
+        """(B, H) each user's whole visible history (item ids), right-padded with 0."""
+        lens = np.asarray(hist_len, dtype=np.int64)
+        starts = np.asarray(self.ds.offsets, dtype=np.int64)[np.asarray(users)]
+        H = int(lens.max(initial=0))
+        pos = starts[:, None] + np.arange(H)[None, :]  # (B, H)
+        valid = np.arange(H)[None, :] < lens[:, None]
+        items = np.asarray(self.ds.items)[np.where(valid, pos, 0)].astype(np.int64)
+        return torch.from_numpy(np.where(valid, items, 0))
 
-        n_users, n_targets = float(len(local)), float(len(local.target_items))
-        if world > 1:
-            packed = np.concatenate([[n_users, n_targets], [sums[n] for n in names], b_hits, b_cnt])
-            dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-            t = torch.from_numpy(packed).to(dev)
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            bp = best_pos.to(dev)
-            dist.all_reduce(bp, op=dist.ReduceOp.MIN)
-            packed, best_pos = t.cpu().numpy(), bp.cpu()
-            n_users, n_targets = packed[0], packed[1]
-            sums = dict(zip(names, packed[2 : 2 + len(names)].tolist()))
-            b_hits = packed[2 + len(names) : 2 + len(names) + self.n_buckets]
-            b_cnt = packed[2 + len(names) + self.n_buckets :]
-
-        metrics = {n: (sums[n] / n_users if n_users else math.nan) for n in names}
-        covered = best_pos[1:].numpy()  # (n_items,)
-        for k in ks:
-            metrics[f"coverage@{k}"] = float((covered < k).sum()) / self.n_items
-        metrics = {n: metrics[n] for n in self._key_order()}
-
-        topk_items = topk_scores = None
-        if export:
-            topk_items, topk_scores = self._collect_export(tk_items, tk_scores, k_exp, rank, world)
-        return EvalResult(
-            metrics=metrics,
-            bucket_hr10=[float(h / c) if c else math.nan for h, c in zip(b_hits, b_cnt)],
-            bucket_counts=[int(c) for c in b_cnt],
-            n_users=int(n_users),
-            protocol=self.protocol(),
-            topk_items=topk_items,
-            topk_scores=topk_scores,
-            users=np.asarray(es.users, dtype=np.int64),
-            n_targets=int(n_targets),
-            ks=ks,
-        )
+    def _check_ranked(self, res, B: int, depth: int, exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A model's lists as CPU (items, scores), after checking they keep the contract."""
+        items, vals = res.items.detach().cpu().long(), res.scores.detach().cpu().float()
+        if items.shape != (B, depth):
+            raise ValueError(f"rank() must return ({B}, {depth}) lists, got {tuple(items.shape)}")
+        if torch.isnan(vals).any():
+            raise ValueError("rank() returned NaN scores")
+        if ((items < 0) | (items > self.n_items)).any():
+            raise ValueError(f"rank() returned item ids outside 0..{self.n_items}")
+        if (vals[:, 1:] > vals[:, :-1]).any():
+            raise ValueError("rank() lists must be ordered by score, best first")
+        real = items > 0
+        srt = torch.sort(torch.where(real, items, -torch.arange(depth).expand(B, depth) - 1), 1).values
+        if (srt[:, 1:] == srt[:, :-1]).any():
+            raise ValueError("rank() returned an item twice in one list")
+        if exclude is not None and real.any():
+            banned = torch.zeros(B, self.I, dtype=torch.bool)
+            banned.scatter_(1, exclude, True)
+            banned[:, 0] = False
+            if banned.gather(1, items)[real].any():
+                raise ValueError("rank() returned an item of the user's history while the protocol masks it")
+        return items, torch.where(real, vals, torch.full_like(vals, -math.inf))
 
     # ------------------------------------------------------------------ helpers
-    def _key_order(self) -> list[str]:
-        keys = [f"{m}@{k}" for m in ("HR", "NDCG", "Recall") for k in self.ks] + ["MRR"]
-        return keys + [f"coverage@{k}" for k in self.ks]
-
     def _scores_buffer(self, buf: torch.Tensor | None, scores: torch.Tensor, B: int) -> torch.Tensor:
         """Check score_fn's output and copy it as float32 into the reused chunk buffer.
 
@@ -321,3 +352,83 @@ class Evaluator:
         for r, (pi, ps) in enumerate(parts):
             out_i[r::world], out_s[r::world] = pi, ps  # rank r evaluated users r, r + world, ...
         return out_i, out_s
+
+
+class _Sums:
+    """Running sums of one evaluation on this rank (per-user metrics, popularity buckets, each
+    item's best list position, exported lists), reduced across ranks into an EvalResult."""
+
+    def __init__(self, ev: Evaluator, depth: int, export: bool, mrr_name: str = "MRR"):
+        self.ev, self.depth, self.export, self.mrr_name = ev, depth, export, mrr_name
+        self.k_exp = min(ev.n_items, ev.export_k) if mrr_name == "MRR" else ev.export_k
+        self.names = [f"{m}@{k}" for k in ev.ks for m in ("HR", "NDCG", "Recall")] + ["MRR"]
+        self.sums = dict.fromkeys(self.names, 0.0)
+        self.b_hits = np.zeros(ev.n_buckets, dtype=np.float64)
+        self.b_cnt = np.zeros(ev.n_buckets, dtype=np.float64)
+        self.best_pos = torch.full((ev.I,), depth, dtype=torch.int64)  # best list position per item
+        self.tk_items: list[np.ndarray] = []
+        self.tk_scores: list[np.ndarray] = []
+        self.n_users = 0.0
+        self.n_targets = 0.0
+
+    def add(self, ranks: np.ndarray, tgt: np.ndarray, offs: np.ndarray, vals: torch.Tensor, idx: torch.Tensor) -> None:
+        """One chunk: target ranks (P,), targets (P,), user offsets (B + 1,), top lists (B, depth)."""
+        ev = self.ev
+        for name, v in user_metrics(ranks, offs, ev.ks).items():
+            self.sums[name] += float(v.sum())
+        bk = ev.bucket_of[tgt]  # (P,)
+        self.b_hits += np.bincount(bk, weights=(ranks <= HR_BUCKET_K).astype(np.float64), minlength=ev.n_buckets)
+        self.b_cnt += np.bincount(bk, minlength=ev.n_buckets)
+        idx = idx.cpu()
+        B, depth = idx.shape
+        pos = torch.arange(depth).expand(B, depth)
+        real = (idx > 0).reshape(-1)  # padding (item 0) never counts as covered
+        self.best_pos.scatter_reduce_(0, idx.reshape(-1)[real], pos.reshape(-1)[real], reduce="amin")
+        if self.export:
+            self.tk_items.append(idx[:, : self.k_exp].numpy())
+            self.tk_scores.append(vals[:, : self.k_exp].cpu().numpy())
+        self.n_users += B
+        self.n_targets += len(tgt)
+
+    def result(self, protocol: str) -> EvalResult:
+        ev = self.ev
+        rank, world = _dist()
+        if world > 1:
+            self._all_reduce()
+        metrics = {n: (self.sums[n] / self.n_users if self.n_users else math.nan) for n in self.names}
+        covered = self.best_pos[1:].numpy()  # (n_items,)
+        for k in ev.ks:
+            metrics[f"coverage@{k}"] = float((covered < k).sum()) / ev.n_items
+        metrics[self.mrr_name] = metrics.pop("MRR")
+        order = [f"{m}@{k}" for m in ("HR", "NDCG", "Recall") for k in ev.ks] + [self.mrr_name]
+        metrics = {n: metrics[n] for n in order + [f"coverage@{k}" for k in ev.ks]}
+        topk_items = topk_scores = None
+        if self.export:
+            topk_items, topk_scores = ev._collect_export(self.tk_items, self.tk_scores, self.k_exp, rank, world)
+        return EvalResult(
+            metrics=metrics,
+            bucket_hr10=[float(h / c) if c else math.nan for h, c in zip(self.b_hits, self.b_cnt)],
+            bucket_counts=[int(c) for c in self.b_cnt],
+            n_users=int(self.n_users),
+            protocol=protocol,
+            topk_items=topk_items,
+            topk_scores=topk_scores,
+            users=np.asarray(ev.eval_set.users, dtype=np.int64),
+            n_targets=int(self.n_targets),
+            ks=ev.ks,
+        )
+
+    def _all_reduce(self) -> None:
+        """Sum the counters and take the minimum best positions over all ranks."""
+        nb = self.ev.n_buckets
+        packed = np.concatenate([[self.n_users, self.n_targets], [self.sums[n] for n in self.names], self.b_hits, self.b_cnt])
+        dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.from_numpy(packed).to(dev)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        bp = self.best_pos.to(dev)
+        dist.all_reduce(bp, op=dist.ReduceOp.MIN)
+        packed, self.best_pos = t.cpu().numpy(), bp.cpu()
+        self.n_users, self.n_targets = packed[0], packed[1]
+        n = len(self.names)
+        self.sums = dict(zip(self.names, packed[2 : 2 + n].tolist()))
+        self.b_hits, self.b_cnt = packed[2 + n : 2 + n + nb], packed[2 + n + nb :]
