@@ -127,27 +127,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def dump_config(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def config_reference() -> str:
-    """Every setting with its default, for `--help` (models: per model name)."""
-    from .models import MODELS
-
-    lines: list[str] = []
-
-    def walk(obj: Any, prefix: str) -> None:
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if dataclasses.is_dataclass(v):
-                walk(v, f"{prefix}{f.name}.")
-            elif f.name != "model" or prefix:
-                lines.append(f"  {prefix}{f.name}={json_default(v)}")
-
-    walk(ExperimentConfig(), "")
-    for name, (_, cls) in sorted(MODELS.items()):
-        lines.append(f"  model.name={name}:")
-        for f in dataclasses.fields(cls):
-            if f.name not in ("n_items", "n_actions"):
-                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-                lines.append(f"    model.{f.name}={json_default(default)}")
-    return "\n".join(lines)

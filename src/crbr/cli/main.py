@@ -41,6 +41,34 @@ def _load(args):
     return load_config(args.config, args.overrides)
 
 
+def config_reference() -> str:
+    """Every setting with its default, for `--help` (models: per model name)."""
+    import dataclasses
+
+    from ..config import ExperimentConfig
+    from ..models import MODELS
+    from ..settings import json_default
+
+    lines: list[str] = []
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v, f"{prefix}{f.name}.")
+            elif f.name != "model" or prefix:
+                lines.append(f"  {prefix}{f.name}={json_default(v)}")
+
+    walk(ExperimentConfig(), "")
+    for name, (_, cls) in sorted(MODELS.items()):
+        lines.append(f"  model.name={name}:")
+        for f in dataclasses.fields(cls):
+            if f.name not in ("n_items", "n_actions"):
+                default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                lines.append(f"    model.{f.name}={json_default(default)}")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_data_prepare(args) -> int:
     from ..data.prepare import prepare_with_split
@@ -70,8 +98,7 @@ def cmd_train(args) -> int:
     ds, split = prepare_with_split(cfg)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model_name, cfg.model_params, ds, split)
-    max_len = getattr(model.config, "max_len", 200)
-    trainer = Trainer(model, ds, split, cfg, max_len=max_len)
+    trainer = Trainer(model, ds, split, cfg, max_len=model.max_len)
     if trainer.is_main:
         log.info("%s", ds.summary())
         log.info("%s", split.describe())
@@ -88,15 +115,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from ..config import ExperimentConfig, apply_overrides, from_dict
     from ..data.prepare import prepare_with_split
     from ..eval.export import export_topk
-    from ..train.checkpoint import load_model_from_checkpoint
+    from ..models import load_model
     from ..train.loop import build_evaluator
 
-    model, meta = load_model_from_checkpoint(args.checkpoint)
+    model, meta = load_model(args.checkpoint)
     cfg = from_dict(ExperimentConfig, meta["experiment"])
     if args.overrides:
         d = apply_overrides(cfg.to_dict(), args.overrides)
@@ -104,9 +129,8 @@ def cmd_evaluate(args) -> int:
     if args.mask_history is not None:
         cfg.eval.mask_history = args.mask_history
     ds, split = prepare_with_split(cfg)
-    ev = build_evaluator(ds, split, args.split, cfg.eval, getattr(model.config, "max_len", 200))
-    with torch.no_grad():
-        res = ev.evaluate(model.score, export=bool(args.export_topk))
+    ev = build_evaluator(ds, split, args.split, cfg.eval, model.max_len)
+    res = ev.evaluate_model(model, export=bool(args.export_topk))
     print(f"{cfg.name} ({meta.get('model_name')}, {args.checkpoint}) on {args.split}:")
     print(res.format())
     if args.export_topk:
@@ -200,7 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", "-c", required=required, help="experiment YAML (see configs/)")
         sp.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
 
-    from ..config import config_reference
 
     settings_help = "settings (section.key=default):\n" + config_reference()
     fmt = argparse.RawDescriptionHelpFormatter

@@ -94,7 +94,7 @@ def run_quickstart(args) -> int:
     ds = world.dataset
     out.mkdir(parents=True, exist_ok=True)
     world.save_ground_truth(out / "ground_truth.parquet")
-    print(world.summary() if hasattr(world, "summary") else ds.summary())
+    print(world.summary())
     split = leave_one_out(ds)
     print(split.describe())
 
