@@ -5,6 +5,7 @@
   crbr evaluate --checkpoint runs/x/checkpoints/best.safetensors --export-topk top.parquet
   crbr features --config configs/sasrec_ml1m.yaml --spec text --out items.parquet   item features (cached)
   crbr quickstart                                            the whole job on the embedded synthetic world
+  crbr pipeline -c configs/pipelines/crbr_ml1m.yaml          a multi-stage chain (Q-Former -> Set Transformer -> CRBR)
   crbr federated -c configs/federated/residual_ml100k.yaml --num-rounds 30   federated training on Flower
   crbr index build --vectors items.npy --kind hnsw --out idx/  an item index (exact, flat, hnsw, ivf_flat, ivf_pq)
   crbr retrieve --index idx/ --queries users.npy -k 100 --out top.parquet   top-k items per query vector
@@ -208,6 +209,24 @@ def cmd_federated(args) -> int:
     return 0
 
 
+def cmd_pipeline(args) -> int:
+    from ..pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(args.config, args.overrides)
+    out = args.out or f"runs/{pipe.name}"
+    done = pipe.run(out, reuse=args.reuse, on_start=lambda st: print(f"\n== stage {st.name}", flush=True))
+    print(f"\n== {pipe.name}: {len(done)} stages under {out}")
+    for name, res in done.items():
+        test = res.results.get("test") or {}
+        kept = " (reused)" if res.fit is None else ""
+        print(f"{name:<20} HR@10 {test.get('HR@10', float('nan')):.4f}  NDCG@10 {test.get('NDCG@10', float('nan')):.4f}"
+              f"  {res.run_dir}{kept}")
+    protocol = next(iter(done.values())).results.get("protocol") if done else None
+    if protocol:
+        print(f"protocol: {protocol}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     from .quickstart import run_quickstart
 
@@ -272,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", help="run directory written by crbr train (holds metrics.csv)")
     rp.add_argument("--out", help="folder for the PNG files (default RUN/plots)")
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("pipeline", help="train a multi-stage chain (e.g. Q-Former -> Set Transformer -> CRBR)",
+                        description="Run the stages of a pipeline YAML (configs/pipelines/) in order; each stage "
+                                    "trains as crbr train does and reads earlier stages' best checkpoints.")
+    pl.add_argument("--config", "-c", required=True, help="pipeline YAML (see configs/pipelines/)")
+    pl.add_argument("--out", default=None, help="output folder (default runs/<pipeline name>)")
+    pl.add_argument("--reuse", action="store_true", help="keep stages whose run already finished")
+    pl.add_argument("overrides", nargs="*", help="stage.section.key=value, e.g. crbr.train.lr=5e-4")
+    pl.set_defaults(func=cmd_pipeline)
 
     qs = sub.add_parser("quickstart", help="generate the synthetic world, train and evaluate, print the metrics table",
                         epilog=settings_help, formatter_class=fmt)

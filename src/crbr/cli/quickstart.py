@@ -72,14 +72,33 @@ def metrics_table(rows: list[tuple[str, object]], keys: list[str], interests=Non
     return "\n".join(lines)
 
 
+def quickstart_pipeline(cfg, epochs: int | None = None):
+    """The quickstart's chain as a Pipeline: the SASRec stage from the user's config, then
+    Q-Former -> Retrieval A -> CRBR, each reading the previous stage's best checkpoint."""
+    from ..pipeline import Pipeline, Stage
+
+    base = cfg.to_dict()
+    reads = {"two_tower": {"tower_checkpoint": "qformer"}, "crbr": {"base_checkpoint": "two_tower"}}
+    stages = []
+    for stage, label, model_params, train in PIPELINE:
+        d = json.loads(json.dumps(base))
+        d["name"] = f"quickstart_{stage}"
+        if stage != "sasrec":  # the user's config / overrides define the SASRec stage
+            d["model"] = {k: v for k, v in model_params.items() if k not in ("tower_checkpoint", "base_checkpoint")}
+        d["train"].update(train)
+        if epochs:
+            d["train"]["epochs"] = epochs
+        stages.append(Stage(stage, d, reads.get(stage, {}), label))
+    return Pipeline("quickstart", stages)
+
+
 def run_quickstart(args) -> int:
     from ..config import apply_overrides, from_dict, ExperimentConfig
     import yaml
 
     from ..data.dataset import leave_one_out, train_item_counts
     from ..data.synthetic import SyntheticConfig, generate
-    from ..models import build_model
-    from ..train.loop import Trainer, build_evaluator
+    from ..train.loop import build_evaluator
 
     t0 = time.perf_counter()
     d = json.loads(json.dumps(QUICKSTART_DEFAULTS))
@@ -104,32 +123,15 @@ def run_quickstart(args) -> int:
     results: list[tuple[str, object]] = []
     pop_ev = build_evaluator(ds, split, "test", cfg.eval, 50, counts)
     results.append(("popularity", pop_ev.evaluate(popularity_scorer(counts), export=True)))
-    models = {}
-    base = cfg.to_dict()
-    for stage, label, model_params, train in PIPELINE:
-        d = json.loads(json.dumps(base))
-        d["name"] = f"quickstart_{stage}"
-        d["model"] = dict(model_params)
-        d["train"].update(train)
-        if getattr(args, "epochs", None):
-            d["train"]["epochs"] = args.epochs
-        for key, src in (("tower_checkpoint", "qformer"), ("base_checkpoint", "two_tower")):
-            if key in d["model"]:
-                d["model"][key] = str(out / src / "checkpoints" / "best.safetensors")
-        if stage == "sasrec":  # the user's config / overrides define the SASRec stage
-            d["model"] = cfg.to_dict()["model"]
-        scfg = from_dict(ExperimentConfig, d)
-        print(f"\n== stage {stage}: {label}")
-        torch.manual_seed(scfg.train.seed)
-        model = build_model(scfg.model_name, scfg.model_params, ds, split)
-        trainer = Trainer(model, ds, split, scfg, max_len=model.config.max_len, run_dir=out / stage)
-        res = trainer.fit()
-        print(f"   {res.epochs_run} epochs ({res.seconds_per_epoch:.1f} s/epoch), best epoch {res.best_epoch}")
-        model.eval()
-        ev = build_evaluator(ds, split, "test", scfg.eval, model.config.max_len, counts)
-        with torch.no_grad():
-            results.append((label, ev.evaluate(trainer._score_fn(), export=True)))
-        models[stage] = model
+    pipe = quickstart_pipeline(cfg, getattr(args, "epochs", None))
+
+    def report(res) -> None:
+        print(f"   {res.fit.epochs_run} epochs ({res.fit.seconds_per_epoch:.1f} s/epoch), best epoch {res.fit.best_epoch}")
+        ev = build_evaluator(ds, split, "test", cfg.eval, res.model.max_len, counts)
+        results.append((res.stage.label, ev.evaluate_model(res.model, export=True)))
+
+    models = {name: r.model for name, r in pipe.run(out, data=(ds, split), on_stage=report,
+                                                          on_start=lambda st: print(f"\n== stage {st.name}: {st.label}")).items()}
 
     keys = ["HR@10", "NDCG@10", "Recall@50", "MRR"]
     print(f"\nprotocol: {results[-1][1].protocol}")
