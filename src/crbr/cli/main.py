@@ -272,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + "; applied to the config stored in the checkpoint")
     ev.set_defaults(func=cmd_evaluate)
 
+    _add_tool_commands(sub, settings_help)
+    _add_index_commands(sub)
+    return p
+
+
+def _add_tool_commands(sub, settings_help: str) -> None:
+    """features, report, pipeline, quickstart, federated."""
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", "-c", required=True, help="experiment YAML (see configs/)")
+        sp.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+
     from ..features import SPEC_GRAMMAR
 
     ft = sub.add_parser("features", help="compute (and cache) frozen item features of a config's dataset",
@@ -325,8 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--engine", choices=["inprocess", "ray"], help="local Flower engine (default inprocess)")
     fd.add_argument("--export-topk", metavar="FILE", help="write the test top-K lists (original ids) to FILE")
     fd.set_defaults(func=cmd_federated)
-    _add_index_commands(sub)
-    return p
 
 
 def _add_index_commands(sub) -> None:
