@@ -1,12 +1,13 @@
 """The package's layers point down: no import cycle, and each layer imports only the layers below
 it (function-local imports included). Layers, bottom to top:
 
-  settings, fileio, ranking            plumbing, no other crbr imports
+  settings, fileio, ranking, stats     plumbing, no other crbr imports; paired statistics
   data, checkpoint, nn                 events and datasets; checkpoint files; shared blocks
   features, config                     item features; experiment configs
   models                               the model contract and the models
   eval, index                          evaluation; item indexes
-  retrieval, train, results            models searched in indexes; the training loop; records
+  retrieval, train, results, analysis  models searched in indexes; the training loop; records;
+                                       analysis of trained models and finished runs
   federated, pipeline                  federated training; multi-stage chains
   cli                                  the command line
 """
@@ -20,12 +21,12 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "crbr"
 LAYERS = [
-    {"settings", "fileio", "ranking"},
+    {"settings", "fileio", "ranking", "stats"},
     {"data", "checkpoint", "nn"},
     {"features", "config"},
     {"models"},
     {"eval", "index"},
-    {"retrieval", "train", "results"},
+    {"retrieval", "train", "results", "analysis"},
     {"federated", "pipeline"},
     {"cli"},
 ]

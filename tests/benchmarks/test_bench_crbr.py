@@ -7,11 +7,7 @@ from crbr.data.dataset import leave_one_out
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.models.crbr_model import CRBR, CRBRConfig
 
-from bench_module import load
-
-
-def module():
-    return load("bench_crbr")
+from crbr.analysis import code_usage
 
 
 def test_code_usage_in_chunks_equals_the_models_diagnostics_on_one_batch():
@@ -25,7 +21,7 @@ def test_code_usage_in_chunks_equals_the_models_diagnostics_on_one_batch():
     m = CRBR(CRBRConfig(n_items=ds.n_items, n_actions=ds.n_actions, base=base, codebook_sizes=[6, 40], beam=3)).eval()
     for blk in m.blocks:
         blk.codebook.data.normal_(0, 1)
-    dead, ppl = module().code_usage(m, ds, es, chunk=7)
+    dead, ppl = code_usage(m, ds, es, chunk=7)
     ref = m.diagnostics(history_batch(ds, es.users, es.hist_len, 16))
     assert dead == pytest.approx([ref["dead_share_l1"], ref["dead_share_l2"]])
     assert ppl == pytest.approx([ref["perplexity_l1"], ref["perplexity_l2"]])

@@ -1,11 +1,7 @@
 import numpy as np
 import torch
 
-from bench_module import load
-
-
-def module():
-    return load("item_side_ceiling")
+from crbr.analysis import fit_mixture, initial_queries
 
 
 def kl(p: torch.Tensor, logm: torch.Tensor) -> torch.Tensor:
@@ -17,7 +13,6 @@ def kl(p: torch.Tensor, logm: torch.Tensor) -> torch.Tensor:
 def test_fit_recovers_a_representable_mixture_and_more_queries_fit_better():
     """p built as 0.3 softmax(V q1) + 0.7 softmax(V q2) over a random item side: two fitted
     queries reproduce it (KL ~ 0), one query cannot (KL measurably larger)."""
-    ic = module()
     g = torch.Generator().manual_seed(0)
     I, d, U = 60, 6, 3
     V = torch.randn(I, d, generator=g)
@@ -28,8 +23,8 @@ def test_fit_recovers_a_representable_mixture_and_more_queries_fit_better():
     p[:, 1:] = 0.3 * torch.softmax(logits[:, 0], -1) + 0.7 * torch.softmax(logits[:, 1], -1)
     init = torch.zeros(U, 2, d)
     init[:, 0], init[:, 1] = q[:, 0] + 0.5, q[:, 1] - 0.5  # near, not at, the truth
-    two = ic.fit_mixture(p, V, init, steps=1500, lr=0.05)
-    one = ic.fit_mixture(p, V, init[:, :1], steps=1500, lr=0.05)
+    two = fit_mixture(p, V, init, steps=1500, lr=0.05)
+    one = fit_mixture(p, V, init[:, :1], steps=1500, lr=0.05)
     assert torch.isinf(two[:, 0]).all() and torch.isinf(one[:, 0]).all()  # padding never ranked
     assert torch.allclose(torch.logsumexp(two[:, 1:], 1), torch.zeros(U), atol=1e-5)  # a distribution
     assert kl(p, two).max() < 1e-4  # from 0.08-0.27 at the start
@@ -37,13 +32,12 @@ def test_fit_recovers_a_representable_mixture_and_more_queries_fit_better():
 
 
 def test_initial_queries_follow_the_heaviest_categories():
-    ic = module()
     item_cat = np.array([-1, 0, 0, 1, 2])  # item 0 = padding
     V = np.array([[0, 0], [1, 0], [3, 0], [0, 2], [-1, -1]], dtype=np.float64)
     p = np.array([[0, 0.1, 0.1, 0.5, 0.3]])  # category masses: 0 -> 0.2, 1 -> 0.5, 2 -> 0.3
-    one = ic.initial_queries(p, item_cat, V, 1, scale=2.0)
+    one = initial_queries(p, item_cat, V, 1, scale=2.0)
     v = p[0] @ V
     assert np.allclose(one[0, 0], 2.0 * v / np.linalg.norm(v))
-    two = ic.initial_queries(p, item_cat, V, 2, scale=1.0)
+    two = initial_queries(p, item_cat, V, 2, scale=1.0)
     assert np.allclose(two[0, 0], [0, 1])  # category 1: item 3 alone
     assert np.allclose(two[0, 1], [-1 / np.sqrt(2), -1 / np.sqrt(2)])  # category 2: item 4

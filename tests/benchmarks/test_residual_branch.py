@@ -1,6 +1,6 @@
 import torch
 
-from bench_module import load
+from crbr.analysis import branch_stats, score_parts
 from crbr.models import ResidualMixture, ResidualMixtureConfig
 
 
@@ -28,9 +28,9 @@ def batches(n=3, B=4, L=10):
 
 
 def test_parts_sum_to_the_score_and_the_backbone_term_is_ln_seq_dot_e():
-    rb, m = load("residual_branch"), model()
+    m = model()
     for b in batches():
-        s, br, u = rb.score_parts(m, b)
+        s, br, u = score_parts(m, b)
         with torch.no_grad():
             assert torch.allclose(s + br, m.score(b), atol=1e-5)  # seen_bias off: the score is u'.v'
             seq = m.seq_ln(m.encode(b).seq[:, -1])
@@ -42,14 +42,13 @@ def test_a_branch_that_ignores_the_history_is_all_item_bias():
     """Experts whose output does not depend on their input (zero projection and positions): the
     branch's user side is one vector for every user (share 1), the user-specific rest is 0, and
     the item bias is that vector's score; with real experts the share is below 1."""
-    rb = load("residual_branch")
     m = model()
     with torch.no_grad():
         for e in (m.vis_expert, m.sem_expert):
             e.proj.weight.zero_(), e.proj.bias.zero_(), e.pos_emb.weight.zero_()
-    st = rb.branch_stats(m, batches())
+    st = branch_stats(m, batches())
     assert abs(st.mean_share - 1.0) < 1e-4 and st.rest_std < 1e-5 and st.bias_std > 1e-3
-    _, br, _ = rb.score_parts(m, batches()[0])
+    _, br, _ = score_parts(m, batches()[0])
     assert torch.allclose(br[0], st.item_bias, atol=1e-5)
-    live = rb.branch_stats(model(), batches())
+    live = branch_stats(model(), batches())
     assert live.mean_share < 0.95 and live.rest_std > 0.01
