@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import embedded_config, load_weights, read_metadata
+from ..checkpoint import CheckpointError, embedded_config, load_weights, read_metadata, verify_weights
 from ..data.dataset import SequenceDataset, Split, train_item_counts
 from ..settings import from_dict
 from .base import DataContext, Recommender
@@ -123,16 +123,26 @@ def build_model(name: str, params: dict | None, ds: SequenceDataset | None = Non
 
 def load_model(path: str | Path) -> tuple[Recommender, dict[str, Any]]:
     """Rebuild a model from a safetensors checkpoint alone (config read from its metadata and
-    validated as `build_model` validates settings); returns (model in eval mode, metadata)."""
+    validated as `build_model` validates settings; weights checked against the file's recorded
+    hash); returns (model in eval mode, metadata). A file that cannot be used is a CheckpointError
+    naming it (a missing one a FileNotFoundError)."""
     meta = read_metadata(path)
     name = meta.get("model_name")
     if name not in MODELS and name not in ALIASES:
-        raise ValueError(f"{path}: unknown model {name!r} in checkpoint metadata; known: {sorted(MODELS)}")
+        verify_weights(path)  # a corrupted file is reported as corrupted, not as a bad setting
+        raise CheckpointError(f"{path}: unknown model {name!r} in checkpoint metadata; known: {sorted(MODELS)}")
     with warnings.catch_warnings():  # checkpoints written under an old name load silently
         warnings.simplefilter("ignore", DeprecationWarning)
         cls = model_class(name)
-    config = from_dict(cls.config_class, meta["model_config"], f"{path}: model config")
-    model = cls(config)
+    try:
+        config = from_dict(cls.config_class, meta["model_config"], "model_config")
+        model = cls(config)
+    except (ValueError, TypeError, KeyError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        verify_weights(path)  # as above
+        raise CheckpointError(f"{path}: the {name!r} model config in its metadata is not valid for this crbr "
+                              f"version: {e}") from e
     load_weights(path, model)
     model.eval()
     return model, meta
