@@ -55,9 +55,8 @@ from torch import nn
 from ..checkpoint import load_weights
 from ..ranking import RankedItems, rank_scores
 from ..settings import from_dict
+from ..nn import batch_candidates, choose_cut, future_targets, logq_from_counts, mixed_negative_logp, other_positives
 from .base import DataContext, LossOutput, QueryVectors, Recommender
-from .losses import batch_candidates, logq_from_counts, mixed_negative_logp, other_positives
-from .qformer import choose_cut, future_targets
 from .set_transformer import SetTransformerConfig, SetTransformerRetriever
 
 

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import CausalBlock, padded_causal_mask
 from .base import DataContext, LossOutput, Recommender, init_normal
-from .sasrec import CausalBlock
 
 
 @dataclass
@@ -289,9 +289,7 @@ class PinnerFormer(Recommender):
         if self.action_emb is not None:
             x = x + self.action_emb(batch["actions"])
         x = self.emb_drop(x) * keep.unsqueeze(-1)
-        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
-        # attend to earlier real events; padded queries attend to themselves only (no NaN rows)
-        mask = ((causal & keep[:, None, :]) | torch.eye(L, dtype=torch.bool, device=items.device)).unsqueeze(1)
+        mask = padded_causal_mask(keep)  # (B, 1, L, L) earlier real events; padded queries see themselves
         for blk in self.blocks:
             x = blk(x, mask) * keep.unsqueeze(-1)
         return self.final_ln(x)

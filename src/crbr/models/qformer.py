@@ -36,8 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import (MHA, batch_candidates, choose_cut, choose_cuts, cos_sin, full_softmax_ce, future_targets,
+                  logq_from_counts, mixed_negative_logp, newest, other_positives, rotary_angles, sinusoidal,
+                  time_buckets)
+from ..nn import rotate  # noqa: F401  (its home before crbr.nn, where tests and scripts import it)
 from .base import DataContext, LossOutput, Recommender
-from .losses import batch_candidates, full_softmax_ce, logq_from_counts, mixed_negative_logp, other_positives
 
 
 @dataclass
@@ -118,151 +121,6 @@ class QFormerOutput:
 
     tokens: torch.Tensor
     attn: torch.Tensor | None = None
-
-
-def sinusoidal(x: torch.Tensor, dim: int) -> torch.Tensor:
-    """(..., ) float positions -> (..., dim) sin/cos encoding (Vaswani et al. 2017); any length."""
-    half = dim // 2
-    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device, dtype=torch.float32) / max(half, 1))
-    ang = x.float().unsqueeze(-1) * freq  # (..., half)
-    out = torch.cat([ang.sin(), ang.cos()], dim=-1)
-    return F.pad(out, (0, dim - 2 * half))
-
-
-def time_buckets(dt: torch.Tensor, n: int = 64) -> torch.Tensor:
-    """Seconds since an event -> log2 bucket id in [1, n-1] (0 = padding / unknown)."""
-    b = torch.floor(torch.log2(dt.clamp(min=0).float() + 1.0)).long() + 1
-    return b.clamp(1, n - 1)
-
-
-def choose_cut(targets: torch.Tensor, random: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row a cut index c and the item that follows it (history = window positions <= c).
-
-    targets: (B, N) next-item targets of a left-padded training window (0 = none). The last
-    position is the newest event (c = N - 1, predicting the window's final target); with
-    `random` each row draws c uniformly among its positions that have a target.
-    Returns c (B,) and targets[b, c_b] (B,).
-    """
-    B, N = targets.shape
-    if not random:
-        c = torch.full((B,), N - 1, device=targets.device)
-    else:
-        n_real = (targets > 0).sum(1)  # positions with a target are the newest n_real of the window
-        u = torch.rand(B, device=targets.device)
-        c = N - 1 - (u * n_real.clamp(min=1)).long().clamp(max=N - 1)
-    return c, targets.gather(1, c[:, None]).squeeze(1)
-
-
-def future_targets(targets: torch.Tensor, cut: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) the next k events after each row's cut: targets[b, c_b], targets[b, c_b + 1], ...
-    (0 past the window's end or where the window has no target). cut may be (B, C): (B, C, k)."""
-    N = targets.shape[1]
-    j = cut[..., None] + torch.arange(k, device=targets.device)  # (B, [C,] k)
-    flat = j.reshape(j.shape[0], -1)
-    got = targets.gather(1, flat.clamp(max=N - 1)).view(j.shape)
-    return torch.where(j < N, got, torch.zeros_like(j))
-
-
-def newest(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) index of each row's last True column of a (B, N) mask (N - 1 for an all-False row)."""
-    return mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
-
-
-def choose_cuts(targets: torch.Tensor, n: int, random: bool) -> torch.Tensor:
-    """(B, n) distinct cut indices per row, among the positions that have a target.
-
-    `random`: drawn uniformly without replacement (cut 0 is one uniform draw, as `choose_cut`'s);
-    otherwise the newest n positions, newest first. A row with fewer than n targets repeats no
-    position: its extra cuts land on positions without a target (targets[b, c] == 0).
-    """
-    B, N = targets.shape
-    if not random:
-        return (N - 1 - torch.arange(n, device=targets.device)).clamp(min=0).expand(B, n)
-    r = torch.rand(B, N, device=targets.device).masked_fill(targets <= 0, -1.0)
-    return r.topk(min(n, N), dim=1).indices  # valid positions (r >= 0) come first, in random order
-
-
-# ---------------------------------------------------------------- rotary positions (position="rotary")
-TIME_PERIODS_S = (60.0, 2.0 ** 27)  # rotary time frequencies span periods of a minute to ~4 years
-
-
-def rotary_angles(pos: torch.Tensor, ts: torch.Tensor | None, n_pairs: int, use_time: bool) -> torch.Tensor:
-    """(..., n_pairs) rotation angles of events at window positions `pos` (...) and times `ts` (...).
-
-    With use_time the first half of the pairs encode the position (geometric frequencies from 1 to
-    1/10000 per step, as RoPE) and the second half the time in seconds (periods from a minute to
-    ~4 years); without, all pairs encode the position. Query . key after rotation depends on the
-    position and time differences only. `ts` must be relative to a per-row reference (e.g. the
-    row's newest event) so the angles stay small enough for float32; None = no time signal.
-    """
-    n_pos = n_pairs // 2 if use_time else n_pairs
-    dev = pos.device
-    f_pos = torch.exp(-math.log(10000.0) * torch.arange(n_pos, device=dev, dtype=torch.float64) / max(n_pos, 1))
-    ang = [pos.double().unsqueeze(-1) * f_pos]
-    if use_time:
-        n_t = n_pairs - n_pos
-        lo, hi = (math.log(p) for p in TIME_PERIODS_S)
-        periods = torch.exp(torch.linspace(lo, hi, n_t, device=dev, dtype=torch.float64))
-        t = ts.double() if ts is not None else torch.zeros(pos.shape, dtype=torch.float64, device=dev)
-        ang.append(t.unsqueeze(-1) * (2 * math.pi / periods))
-    return torch.cat(ang, -1)  # float64: an event years back turns a minute-period pair ~1e6 rad
-
-
-def cos_sin(ang: torch.Tensor) -> torch.Tensor:
-    """(..., P) angles -> (..., P, 2) float32 [cos, sin], reduced in the angles' own precision."""
-    return torch.stack([ang.cos(), ang.sin()], -1).float()
-
-
-def rotate(x: torch.Tensor, cs: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (x[..., i], x[..., i + P]) of x (B, H, L, 2P) by `cos_sin` values cs (B, L, P, 2),
-    the same for every head."""
-    P = cs.shape[-2]
-    cos, sin = cs[:, None, ..., 0].to(x.dtype), cs[:, None, ..., 1].to(x.dtype)  # (B, 1, L, P)
-    x1, x2 = x[..., :P], x[..., P:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
-
-
-class MHA(nn.Module):
-    """Multi-head attention with separate query / key-value inputs and a boolean key mask."""
-
-    def __init__(self, d: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.h = n_heads
-        self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.o = nn.Linear(d, d)
-        self.p = dropout
-
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None,
-                need_weights: bool = False, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                sink_first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x: (B, M, D) queries; ctx: (B, N, D) keys/values; key_mask: (B, N) or per query (B, M, N)
-        # bool, True = visible. rope: `cos_sin` rotations (B, M, P, 2) of the queries and (B, N, P, 2)
-        # of the keys (P = head width / 2). sink_first: ctx[:, 0] is an attention sink whose key is zero
-        # after projection (logit 0 for every query, whatever the rotation) and whose value is kept
-        B, M, D = x.shape
-        N = ctx.shape[1]
-        q = self.q(x).view(B, M, self.h, D // self.h).transpose(1, 2)  # (B, H, M, d)
-        k, v = self.kv(ctx).view(B, N, 2, self.h, D // self.h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, N, d)
-        if sink_first:
-            k = torch.cat([torch.zeros_like(k[:, :, :1]), k[:, :, 1:]], 2)
-        if rope is not None:
-            q, k = rotate(q, rope[0]), rotate(k, rope[1])
-        if key_mask is None:
-            mask = None
-        else:
-            mask = key_mask[:, None, None, :] if key_mask.dim() == 2 else key_mask[:, None]  # (B, 1, 1|M, N)
-        if need_weights:  # explicit path (diagnostics): same math as SDPA, keeps the weights
-            s = (q @ k.transpose(-1, -2)) / math.sqrt(D // self.h)
-            if mask is not None:
-                s = s.masked_fill(~mask, float("-inf"))
-            w = s.softmax(-1)  # (B, H, M, N)
-            a = w @ v
-            weights = w.mean(1)  # (B, M, N)
-        else:
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-            weights = None
-        return self.o(a.transpose(1, 2).reshape(B, M, D)), weights
 
 
 class QFormerBlock(nn.Module):

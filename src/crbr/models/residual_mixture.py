@@ -51,8 +51,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import embedded_config, load_weights
+from ..nn import CausalBlock, padded_causal_mask
 from .base import DataContext, LossOutput, Recommender
-from .sasrec import CausalBlock, SASRec, SASRecConfig
+from .sasrec import SASRec, SASRecConfig
 
 MIXTURES = ("residual", "competitive")
 EXPERT_INPUTS = ("features", "noise")
@@ -131,15 +132,6 @@ class MixtureOutput:
     vis: torch.Tensor
     sem: torch.Tensor
     user: torch.Tensor
-
-
-def causal_mask(items: torch.Tensor) -> torch.Tensor:
-    """(B, 1, L, L) bool, True = may attend: earlier real items; padded queries see themselves."""
-    L = items.shape[1]
-    keep = items > 0
-    causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
-    eye = torch.eye(L, dtype=torch.bool, device=items.device)
-    return ((causal & keep[:, None, :]) | eye).unsqueeze(1)
 
 
 class FeatureExpert(nn.Module):
@@ -334,7 +326,7 @@ class ResidualMixture(Recommender):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> MixtureOutput:
         items = batch["items"]  # (B, L)
-        mask = causal_mask(items)
+        mask = padded_causal_mask(items > 0)  # (B, 1, L, L), shared by both experts
         seq = self.backbone.encode(batch)  # (B, L, D)
         vis = self.vis_expert(self.expert_inputs("vis", items), items, mask)
         sem = self.sem_expert(self.expert_inputs("sem", items), items, mask)

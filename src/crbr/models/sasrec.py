@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn import CausalBlock, causal_tril, full_softmax_ce, padded_causal_mask
 from .base import LossOutput, Recommender, init_normal
-from .losses import full_softmax_ce
 
 
 @dataclass
@@ -62,36 +62,6 @@ class SASRecConfig:
             raise ValueError(f"SASRecConfig.loss: expected 'ce' or 'bce', got {self.loss!r}")
         if self.hidden % self.n_heads:
             raise ValueError(f"SASRecConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
-
-
-class CausalBlock(nn.Module):
-    """Pre-norm (SASRec reference code): x + MHA(LN(x)), then x + FFN(LN(x)).
-    Post-norm (RecBole, BERT): LN(x + MHA(x)), then LN(x + FFN(x))."""
-
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, attn_dropout: float, ffn_dropout: float,
-                 pre_norm: bool = True, eps: float = 1e-8):
-        super().__init__()
-        self.n_heads, self.pre_norm = n_heads, pre_norm
-        self.ln1 = nn.LayerNorm(d, eps=eps)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.out = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d, eps=eps)
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(ffn_dropout), nn.Linear(ffn, d))
-        self.drop = nn.Dropout(dropout)
-        self.p_attn = attn_dropout
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, L, D); mask: (B, 1, L, L) bool, True = may attend
-        B, L, D = x.shape
-        h = self.ln1(x) if self.pre_norm else x
-        q, k, v = self.qkv(h).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p_attn if self.training else 0.0)
-        a = self.drop(self.out(a.transpose(1, 2).reshape(B, L, D)))
-        if self.pre_norm:
-            x = x + a
-            return x + self.drop(self.ffn(self.ln2(x)))
-        x = self.ln1(x + a)
-        return self.ln2(x + self.drop(self.ffn(x)))
 
 
 class SASRec(Recommender):
@@ -139,10 +109,7 @@ class SASRec(Recommender):
         if not pre:
             x = self.final_ln(x)
         x = self.emb_drop(x) * keep.unsqueeze(-1)
-        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
-        # attend to earlier real items; padded queries attend to themselves only (no NaN rows)
-        mask = (causal & keep[:, None, :]) | torch.eye(L, dtype=torch.bool, device=items.device)
-        mask = mask.unsqueeze(1)  # (B, 1, L, L)
+        mask = padded_causal_mask(keep)  # (B, 1, L, L) earlier real items; padded queries see themselves
         for blk in self.blocks:
             x = blk(x, mask) * keep.unsqueeze(-1)
         return self.final_ln(x) if pre else x
@@ -177,7 +144,7 @@ class SASRec(Recommender):
             return None, None
         items = batch["items"]
         L = items.shape[1]
-        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()  # [t, s]
+        causal = causal_tril(L, items.device)  # [t, s]: s <= t
         val = (self._window_offsets(batch)[:, None, :] * causal)[sel]  # (P, L)
         idx = items[:, None, :].expand(-1, L, -1)[sel]  # (P, L)
         return idx, val

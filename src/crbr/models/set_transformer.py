@@ -30,9 +30,9 @@ from torch import nn
 
 from ..checkpoint import load_weights
 from ..settings import from_dict
+from ..nn import MAB, SetBlock, batch_candidates, choose_cut, logq_from_counts, mixed_negative_infonce
 from .base import DataContext, LossOutput, Recommender
-from .losses import batch_candidates, logq_from_counts, mixed_negative_infonce
-from .qformer import MHA, QFormer, QFormerConfig, choose_cut
+from .qformer import QFormer, QFormerConfig
 
 
 @dataclass
@@ -80,38 +80,6 @@ class SetTransformerConfig:
             # sizes not given are this model's (the tower shares the catalogue and actions)
             inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
             self.tower = from_dict(QFormerConfig, {**inherit, **self.tower}, "set_transformer.tower") if self.tower else None
-
-
-class MAB(nn.Module):
-    """Multihead attention block MAB(X, Y) (Set Transformer), pre-norm."""
-
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
-        super().__init__()
-        self.ln_q, self.ln_kv, self.ln_f = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = MHA(d, n_heads, dropout)
-        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # x: (B, n, D) queries; y: (B, m, D) the set attended to
-        x = x + self.drop(self.attn(self.ln_q(x), self.ln_kv(y))[0])
-        return x + self.drop(self.ffn(self.ln_f(x)))
-
-
-class SetBlock(nn.Module):
-    """SAB(X) = MAB(X, X), or ISAB(X) = MAB(X, MAB(I, X)) with k learnable inducing points."""
-
-    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float, inducing: int = 0):
-        super().__init__()
-        self.mab = MAB(d, n_heads, ffn, dropout)
-        self.inducing = nn.Parameter(torch.randn(inducing, d) * 0.02) if inducing > 0 else None
-        self.mab_ind = MAB(d, n_heads, ffn, dropout) if inducing > 0 else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.inducing is None:
-            return self.mab(x, x)
-        h = self.mab_ind(self.inducing.unsqueeze(0).expand(x.shape[0], -1, -1), x)  # (B, k, D)
-        return self.mab(x, h)
 
 
 class SetTransformerRetriever(Recommender):
