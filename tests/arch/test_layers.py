@@ -3,7 +3,7 @@ it (function-local imports included). Layers, bottom to top:
 
   settings, fileio, ranking, stats     plumbing, no other crbr imports; paired statistics
   data, checkpoint, nn                 events and datasets; checkpoint files; shared blocks
-  features, config                     item features; experiment configs
+  features, config, semantic_ids       item features; experiment configs; item tokenizers
   models                               the model contract and the models
   eval, index                          evaluation; item indexes
   retrieval, train, results, analysis  models searched in indexes; the training loop; records;
@@ -23,7 +23,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "crbr"
 LAYERS = [
     {"settings", "fileio", "ranking", "stats"},
     {"data", "checkpoint", "nn"},
-    {"features", "config"},
+    {"features", "config", "semantic_ids"},
     {"models"},
     {"eval", "index"},
     {"retrieval", "train", "results", "analysis"},

@@ -1,0 +1,91 @@
+"""Semantic IDs for a dataset's items from any item-feature spec, cached.
+
+    sid = build_semantic_ids(ds, "text", RQKMeansConfig(levels=3, codebook_size=256))
+    sid.save("beauty_ids.parquet")
+
+The features are any `crbr.features` spec (item text as TIGER tokenizes it, a trained model's
+item embeddings saved as .npy / .parquet, category multi-hot, ...) or a matrix. Results are cached
+under $CRBR_CACHE/semantic_ids/, keyed by the features' bytes and every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..data.dataset import SequenceDataset
+from .ids import SemanticIDs, reassign_collisions
+from .rqkmeans import RQKMeans, RQKMeansConfig, all_distances
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+def fill_empty_rows(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
+    """Items whose feature row is all zeros (nothing to describe them) get a random unit
+    direction, deterministic by item row, so they spread over codes instead of failing."""
+    zero = ~np.any(x != 0, axis=1)
+    if zero.any():
+        rng = np.random.default_rng(seed)
+        fill = rng.standard_normal((int(zero.sum()), x.shape[1])).astype(np.float32)
+        x = x.copy()
+        x[zero] = fill / np.linalg.norm(fill, axis=1, keepdims=True)
+    return x, int(zero.sum())
+
+
+def tokenize(x: np.ndarray, config: RQKMeansConfig, reassign: bool = False) -> tuple[np.ndarray, RQKMeans, dict]:
+    """Codes (N, L) of the rows of x, the fitted tokenizer, and collision statistics (before and
+    after the optional last-level re-assignment)."""
+    from .ids import collision_stats
+
+    tok = RQKMeans(config).fit(x)
+    codes, residuals = tok.encode_with_residuals(x)
+    stats = {f"{k}_tokenizer": v for k, v in collision_stats(codes).items()}
+    if reassign:
+        codes = reassign_collisions(codes, all_distances(residuals[-1], tok.codebooks[-1]))
+    return codes, tok, stats
+
+
+def cache_key(x: np.ndarray, config: RQKMeansConfig, reassign: bool) -> str:
+    h = hashlib.sha256(f"crbr-semantic-ids v{CACHE_VERSION}\n".encode())
+    h.update(json.dumps({"config": dataclasses.asdict(config), "reassign": reassign}, sort_keys=True).encode())
+    h.update(str(x.shape).encode())
+    h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    return h.hexdigest()[:24]
+
+
+def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: RQKMeansConfig | None = None,
+                       reassign: bool = False, cache_dir: str | Path | None = None) -> SemanticIDs:
+    """Semantic IDs of every item of `ds` from `features` (a crbr.features spec or an
+    (n_items + 1, D) matrix with padding row 0)."""
+    from ..data.prepare import default_cache_dir
+    from ..features import item_features
+
+    config = config or RQKMeansConfig()
+    source = features if isinstance(features, str) else "matrix"
+    X = item_features(ds, features) if isinstance(features, str) else np.asarray(features, dtype=np.float32)
+    if X.shape[0] != ds.n_items + 1:
+        raise ValueError(f"features: expected {ds.n_items + 1} rows (padding row 0 + one per item), got {X.shape[0]}")
+    x, n_empty = fill_empty_rows(X[1:], config.seed)
+    if n_empty:
+        log.warning("%d items have all-zero features (%s); each gets a random direction", n_empty, source)
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "semantic_ids"
+    path = cache / f"{ds.info.get('name', 'dataset')}-{cache_key(x, config, reassign)}.parquet"
+    if path.exists():
+        log.info("semantic IDs from the cache: %s", path)
+        return SemanticIDs.load(path, ds.item_ids)
+    t0 = time.perf_counter()
+    codes, tok, stats = tokenize(x, config, reassign)
+    meta = {"tokenizer": "rq-kmeans", "config": dataclasses.asdict(config), "reassign": reassign, "features": source,
+            "empty_items": n_empty, "seconds": time.perf_counter() - t0,
+            "residual_per_level": [dataclasses.asdict(s) for s in tok.stats]}
+    sid = SemanticIDs.from_codes(codes, config.sizes, ds.item_ids, meta, tok.codebooks, stats)
+    sid.save(path)
+    return sid
