@@ -31,9 +31,13 @@ OVERRIDE_HELP = (
 
 
 def _setup_logging(verbose: bool) -> None:
+    """crbr's own loggers at INFO (DEBUG with -v; WARNING on ranks other than 0); other libraries'
+    at WARNING, so their loader chatter (e.g. faiss's INFO lines) stays out of the output."""
     rank = int(os.environ.get("RANK", "0"))
     level = logging.DEBUG if verbose else (logging.INFO if rank == 0 else logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("crbr").setLevel(level)
 
 
 def _load(args):
@@ -274,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_tool_commands(sub, settings_help)
     _add_index_commands(sub)
+    from .semantic_ids import add_commands as add_semantic_id_commands
+
+    add_semantic_id_commands(sub)
     return p
 
 
