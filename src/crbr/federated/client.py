@@ -17,9 +17,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..data.batching import TrainUsers
+from ..data.batching import TrainUsers, history_batch
 from ..data.dataset import SequenceDataset, Split
-from ..train.loop import build_optimizer, finite_loss
+from ..eval.setup import numeric, run_diagnostics
+from ..train.loop import build_optimizer, train_epoch
 from .config import FederatedConfig
 from .params import group_keys, load_record, to_record
 from .partition import client_split, partition_users
@@ -67,7 +68,7 @@ class ClientRuntime:
 
     @property
     def max_len(self) -> int:
-        return int(getattr(self.model.config, "max_len", 200))
+        return self.model.max_len
 
 
 _RUNTIMES: dict[int, ClientRuntime] = {}
@@ -102,31 +103,44 @@ def adam_state_from_record(opt: torch.optim.Adam, model: torch.nn.Module, rec: A
 
 
 def local_train(model: torch.nn.Module, users: TrainUsers, epochs: int, tc, batch_size: int, seed: int,
-                opt_state: ArrayRecord | None = None, lr: float | None = None) -> tuple[float, int, torch.optim.Adam]:
-    """`epochs` passes of Adam over `users`, the optimizer restored from `opt_state` if given
-    (else fresh); (mean loss, #targets per epoch, optimizer)."""
+                opt_state: ArrayRecord | None = None, lr: float | None = None) -> tuple[float, int, torch.optim.Adam, dict[str, float]]:
+    """`epochs` passes of Adam over `users` with the training loop's epoch (crbr.train.loop.train_epoch:
+    bf16 autocast with train.bf16, train.grad_clip, model.after_backward), the optimizer restored
+    from `opt_state` if given (else fresh); (mean loss, #targets per epoch, optimizer, means of
+    what after_backward returned)."""
     opt = build_optimizer(model, tc.lr if lr is None else lr, tc.beta2, tc.weight_decay)
     if opt_state is not None:
         adam_state_from_record(opt, model, opt_state)
     model.train()
-    loss_sum, steps, n_targets = 0.0, 0, 0
+    loss_sum, steps, n_targets, hooks = 0.0, 0, [0], {}
     for ep in range(epochs):
         g = torch.Generator().manual_seed(seed * 1009 + ep)
         loader = DataLoader(users, batch_size=batch_size, sampler=RandomSampler(users, generator=g),
                             collate_fn=users.collate)
-        for batch in loader:
-            out = model.loss(batch)
-            v = finite_loss(out.loss.detach(), "client")
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            loss_sum += v
-            steps += 1
-            n_targets += int((batch["targets"] > 0).sum())
+        st = train_epoch(model, _counting_targets(loader, n_targets), opt, bf16=tc.bf16, grad_clip=tc.grad_clip,
+                         step=steps, where="client")
+        loss_sum, steps = loss_sum + st.loss_sum, st.step
+        for k, v in st.hooks.items():  # summed by steps, then divided: the mean over all local epochs
+            hooks[k] = hooks.get(k, 0.0) + v * st.steps
     model.eval()
-    return loss_sum / max(steps, 1), n_targets // max(epochs, 1), opt
+    return loss_sum / max(steps, 1), n_targets[0] // max(epochs, 1), opt, {k: v / max(steps, 1) for k, v in hooks.items()}
+
+
+def _counting_targets(batches, count: list[int]):
+    """The batches, adding each one's number of targets (FedAvg's example count) to count[0]."""
+    for batch in batches:
+        count[0] += int((batch["targets"] > 0).sum())
+        yield batch
+
+
+def client_diagnostics(rt: ClientRuntime, split: Split, users: np.ndarray, n_users: int = 64) -> dict[str, float]:
+    """The model's diagnostics that need no targets (`model.diagnostics` with targets=None), on
+    the training histories of up to `n_users` of the client's users, as client_* numbers."""
+    users = np.asarray(users)[:n_users]
+    if len(users) == 0:
+        return {}
+    batch = history_batch(rt.ds, users, np.asarray(split.train_len)[users], rt.max_len)
+    return numeric(run_diagnostics(rt.model, batch), "client_")
 
 
 def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
@@ -150,16 +164,14 @@ def client_train(rt: ClientRuntime, msg: Message, context: Context) -> Message:
     users = TrainUsers(rt.ds, split, rt.max_len, stride=stride)
     torch.manual_seed(tc.seed * 100_003 + rnd * 1000 + pid)
     opt_state = context.state[OPTIM_STATE_KEY] if fed.keep_optimizer_state and OPTIM_STATE_KEY in context.state else None
-    loss, n, opt = local_train(model, users, fed.local_epochs, tc, fed.local_batch_size or tc.batch_size,
-                               seed=tc.seed * 100_003 + rnd * 1000 + pid, opt_state=opt_state,
-                               lr=fed.local_lr)
+    loss, n, opt, hooks = local_train(model, users, fed.local_epochs, tc, fed.local_batch_size or tc.batch_size,
+                                      seed=tc.seed * 100_003 + rnd * 1000 + pid, opt_state=opt_state,
+                                      lr=fed.local_lr)
     if rt.local_keys:
         context.state[LOCAL_STATE_KEY] = to_record(model, rt.local_keys)
     if fed.keep_optimizer_state:
         context.state[OPTIM_STATE_KEY] = adam_state_to_record(opt, model)
     arrays = to_record(model, rt.shared_keys if partial else None)
-    metrics = {"num-examples": max(n, 1), "train_loss": loss, "train_s": time.perf_counter() - t0}
-    stats = getattr(model, "mixture_stats", None)
-    if stats is not None:
-        metrics.update({f"client_{k}": v for k, v in stats().items()})
+    metrics = {"num-examples": max(n, 1), "train_loss": loss, "train_s": time.perf_counter() - t0,
+               **{f"grad_{k}": v for k, v in hooks.items()}, **client_diagnostics(rt, split, rt.parts[pid])}
     return Message(content=RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}), reply_to=msg)

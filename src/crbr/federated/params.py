@@ -1,8 +1,8 @@
 """Model parameters <-> Flower ArrayRecords, by parameter group.
 
 Only trainable parameters travel (frozen feature buffers and other buffers never leave a
-client). A model may define `parameter_groups() -> {group: [parameter names]}` (e.g.
-ResidualMixture: backbone / experts / router / gate); any other model is one group, "backbone".
+client). The groups are the model's `parameter_groups()` (crbr.models.base: one group,
+"backbone", unless the model declares more, e.g. backbone / experts / router / gate).
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ import torch
 from flwr.app import ArrayRecord
 
 
-def parameter_groups(model: torch.nn.Module) -> dict[str, list[str]]:
-    fn = getattr(model, "parameter_groups", None)
-    if fn is not None:
-        return fn()
-    return {"backbone": [n for n, _ in model.named_parameters()]}
+def parameter_groups(model) -> dict[str, list[str]]:
+    """The model's parameter names by group (`model.parameter_groups()`)."""
+    return model.parameter_groups()
 
 
 def group_keys(model: torch.nn.Module, groups: list[str] | tuple[str, ...]) -> list[str]:

@@ -1,27 +1,41 @@
 """The one training loop. It knows no model by name: it needs `model.loss(batch)` (through
-`forward`, so DistributedDataParallel can wrap it) and `model.score(batch)` for validation.
+`forward`, so DistributedDataParallel can wrap it) and the hooks the model contract declares
+(crbr.models.base: lr_scales, after_backward, diagnostics, ddp_find_unused_parameters, max_len).
+
+  TrainLoop   any model with a loss over batches from a data source it is given (a torch
+              Dataset, an iterable of batches, or a function of the epoch), validated by an
+              optional function of the model (e.g. an item tokenizer trained on item embeddings)
+  Trainer     a sequence model on a split: training windows of the split's users, validation and
+              test by full ranking (crbr.eval.setup.SplitEvaluation), the model's diagnostics
+  train_epoch one pass of an optimizer over batches; the federated clients train with it too
+
+`fit` is: start (seed, data, optimizer, DDP, EMA, resume), then per epoch train, validate,
+record, checkpoint and vote on stopping; then test the best weights. Its state is one
+`TrainState` (crbr.train.state), saved to checkpoints/last.pt after every epoch; `fit(resume=True)`
+continues from it bit for bit, after checking the new settings against the checkpoint's
+(crbr.train.resume: which settings may change on resume and how they take effect).
 
 Runs on one process or under `torchrun --nproc_per_node N` (DDP; gloo on CPU, NCCL on GPU):
 users are sharded per rank by a DistributedSampler, validation is sharded and all-reduced by
 the evaluator, and only rank 0 writes files.
 
-Per run directory:
+Per run directory (crbr.train.files.RunFiles):
   config.yaml               the full experiment config
-  metrics.csv               one row per epoch: loss, timings, validation metrics
+  metrics.csv               one row per epoch: loss, timings, validation metrics, diag_* (the model's
+                            diagnostics), grad_* (epoch means of what model.after_backward returns)
   tb/                       TensorBoard scalars
+  diagnostics.jsonl         the model's diagnostics at each validation
   checkpoints/last.pt       resumable state (model, optimizer, counters, RNG), atomic
   checkpoints/last.safetensors, best.safetensors   weights + config in metadata, atomic
                             (with train.ema_decay > 0: the moving-average weights, which are the
                             ones validated and tested)
-  results.json              test metrics of the best checkpoint, protocol, timings
+  results.json              test metrics of the best checkpoint, protocol, timings, resumes
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import json
 import logging
 import math
 import random
@@ -30,22 +44,28 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
-from ..data.batching import LengthBucketBatches, TrainUsers, history_batch
-from ..data.dataset import SequenceDataset, Split, train_item_counts
-from ..eval.evaluator import Evaluator, EvalResult
-from .checkpoint import atomic_write_text, load_state, load_weights, save_state, save_weights
+from ..checkpoint import load_weights
+from ..data.batching import LengthBucketBatches, TrainUsers
+from ..data.dataset import SequenceDataset, Split
+from ..eval.evaluator import EvalResult
+from ..eval.setup import SplitEvaluation, build_evaluator, eval_mode, numeric  # noqa: F401  (build_evaluator: re-exported)
 from .distributed import DistInfo, init_distributed
+from .files import RunFiles
+from .resume import check_resume, run_record, stored_record
+from .state import TrainState
 
 log = logging.getLogger("crbr.train")
+
+Batch = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -59,6 +79,7 @@ class FitResult:
     train_seconds: float
     peak_rss_mb: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    resumes: list[dict[str, Any]] = field(default_factory=list)  # epoch and changed settings of each resume
 
 
 def seed_everything(seed: int) -> None:
@@ -83,22 +104,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def build_evaluator(ds: SequenceDataset, split: Split, which: str, eval_config, max_len: int,
-                    train_counts: np.ndarray | None = None) -> Evaluator:
-    """The evaluator of a split's "valid" or "test" part, set up from an EvalConfig."""
-    ec = eval_config
-    counts = train_item_counts(ds, split) if train_counts is None else train_counts
-    return Evaluator(ds, split.valid if which == "valid" else split.test, counts, ks=tuple(ec.ks),
-                     mask_history=ec.mask_history, max_len=max_len, batch_size=ec.batch_size,
-                     export_k=ec.export_k, split_name=split.name)
-
-
 def build_optimizer(model: torch.nn.Module, lr: float, beta2: float = 0.999, weight_decay: float = 0.0) -> torch.optim.Adam:
     """Adam over the model's parameters (frozen ones get no gradient, so Adam leaves them be); a
     model's `lr_scales()` (parameter name -> multiplier) puts those parameters in groups of their
     own at lr x multiplier. Each group keeps its multiplier as `lr_scale`, so a schedule that
     changes the rate keeps the ratio. Without multipliers: one group, as `Adam(model.parameters())`."""
-    scales = getattr(model, "lr_scales", dict)()
+    scales = model.lr_scales()
     named = list(model.named_parameters())
     unknown = sorted(set(scales) - {n for n, _ in named})
     if unknown:
@@ -112,38 +123,161 @@ def build_optimizer(model: torch.nn.Module, lr: float, beta2: float = 0.999, wei
 
 def finite_loss(loss: "torch.Tensor | float", where: str) -> float:
     """`loss` (a tensor is read back to the host) as a float; raises, naming `where`, if it is
-    not finite. Shared by this loop and the federated clients' local loop."""
+    not finite."""
     v = float(loss)
     if not math.isfinite(v):
         raise FloatingPointError(f"{where}: loss is {v} (lower train.lr or enable train.grad_clip)")
     return v
 
 
-class Trainer:
-    """Fit a model on a split: train, validate every `eval_every` epochs, early-stop on
-    `monitor`, keep the best weights, test them.
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on `device` when asked for, else nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
-    model:   a crbr Recommender (anything with loss/score and a dataclass `config`)
-    max_len: history window length fed to the model
-    config:  the ExperimentConfig (its `train` and `eval` sections drive the loop)
+
+# ----------------------------------------------------------------------------- one epoch
+@dataclass
+class EpochStats:
+    loss_sum: float  # the sum of the steps' losses
+    steps: int
+    step: int  # the run's backward passes after this epoch
+    hooks: dict[str, float]  # epoch means of the numbers model.after_backward returned
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.steps, 1)
+
+
+def train_epoch(model: torch.nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
+                net: torch.nn.Module | None = None, bf16: bool = False, grad_clip: float = 0.0,
+                ema: AveragedModel | None = None, step: int = 0, where: str = "epoch",
+                progress: str | None = None) -> EpochStats:
+    """One pass of `optimizer` over `batches` (moved to the model's device): loss through `net`
+    (the model, or its DDP wrapper) under bf16 autocast if asked, backward,
+    `model.after_backward(step)`, gradient clipping, optimizer step, moving-average update.
+
+    The loss is summed on the device and read back every 50 steps on a GPU (every step on the CPU,
+    where reading it costs nothing); a non-finite one raises FloatingPointError naming `where`.
+    step: backward passes of the run so far; progress: a tqdm bar with this title."""
+    net = model if net is None else net
+    device = next(model.parameters()).device
+    sync_every = 50 if device.type == "cuda" else 1
+    bar = batches
+    if progress is not None:
+        from tqdm import tqdm
+
+        bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True)
+    loss_acc, loss_sum, n, hooks = None, 0.0, 0, _Means()
+    for batch in bar:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with autocast(device, bf16):
+            loss, _ = net(batch)
+        ld = loss.detach().double()
+        loss_acc = ld if loss_acc is None else loss_acc + ld
+        n += 1
+        if n % sync_every == 0:
+            loss_sum = finite_loss(loss_acc, where)
+            if bar is not batches:
+                bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        hooks.add(model.after_backward(step))
+        step += 1
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+    if loss_acc is not None:
+        loss_sum = finite_loss(loss_acc, where)
+    return EpochStats(loss_sum, n, step, hooks.means())
+
+
+class _Means:
+    """Running sums of named numbers (tensors stay on their device until `means`)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, values: dict[str, Any] | None) -> None:
+        for k, v in (values or {}).items():
+            v = v.detach() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: float(s) / self.counts[k] for k, s in self.sums.items()}
+
+
+def epoch_loader(dataset: Dataset, epoch: int, tc, dist_info: DistInfo, collate_fn: Callable | None = None,
+                 lengths: np.ndarray | None = None) -> DataLoader:
+    """The batches of one epoch over a map-style dataset: shuffled with train.seed and the epoch
+    (sharded per rank under DDP), train.batch_size each; with `lengths`, length-bucketed."""
+    pin = dist_info.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+    if lengths is not None:
+        bs = LengthBucketBatches(lengths, tc.batch_size, tc.seed, rank=dist_info.rank, world_size=dist_info.world_size)
+        bs.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=bs, collate_fn=collate_fn, pin_memory=pin)
+    if dist_info.world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     shuffle=True, seed=tc.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(tc.seed * 100_003 + epoch))
+    return DataLoader(dataset, batch_size=tc.batch_size, sampler=sampler, collate_fn=collate_fn, pin_memory=pin)
+
+
+def validate_on_split(evaluation: SplitEvaluation, model: torch.nn.Module, files: RunFiles, index: dict[str, Any],
+                      device: torch.device | None = None, diagnostics: bool = True) -> tuple[dict[str, float], dict[str, Any]]:
+    """Validation metrics of `model` (every rank takes part), and with `diagnostics` the model's
+    diagnostics on the fixed validation sample, appended to diagnostics.jsonl under `index`
+    (e.g. {"epoch": 3}). Returns (metrics, the metrics.csv columns: eval_s, valid_*, diag_*)."""
+    t1 = time.perf_counter()
+    res = evaluation.evaluate(model, "valid", device=device)
+    columns: dict[str, Any] = {"eval_s": time.perf_counter() - t1, **{f"valid_{k}": v for k, v in res.metrics.items()}}
+    diag = evaluation.diagnostics(model, device) if diagnostics else None
+    if diag is not None:
+        files.append_diagnostics({**index, **diag})
+        columns.update(numeric(diag, "diag_"))
+    return res.metrics, columns
+
+
+# ----------------------------------------------------------------------------- the loop
+class TrainLoop:
+    """Fit a model on batches from `data`: train, validate every `eval_every` epochs, early-stop
+    on train.monitor, keep the best weights, resume from last.pt.
+
+    model:    a crbr Recommender (loss through forward; the hooks of crbr.models.base)
+    config:   the experiment config (its `train` section drives the loop; recorded in config.yaml,
+              the checkpoints and results.json)
+    data:     the training batches of every epoch: a map-style torch Dataset (train.batch_size
+              items a batch, default collation, shuffled with train.seed and the epoch, sharded
+              per rank under DDP), an iterable of batches (iterated once per epoch, as it is), or a
+              function epoch -> iterable of batches. A batch is a dict of tensors.
+    validate: function model -> {metric: value}, called in eval mode without gradients on the
+              weights being validated (the moving average with train.ema_decay > 0); train.monitor
+              names the metric that selects the best weights. None: no validation, so no best
+              weights and no early stopping; the final weights are the result
+    maximize: whether a larger monitored value is better (False for a loss)
+    run_dir:  where the files go (default config.run_dir)
     """
 
-    def __init__(self, model: torch.nn.Module, ds: SequenceDataset, split: Split, config, max_len: int, run_dir: str | Path | None = None):
-        self.cfg = config
-        self.tc = config.train
-        self.ec = config.eval
-        self.ds, self.split, self.max_len = ds, split, max_len
+    def __init__(self, model: torch.nn.Module, config, data: Any = None,
+                 validate: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+                 run_dir: str | Path | None = None, maximize: bool = True):
+        self.cfg, self.tc = config, config.train
+        self.data, self.validate_fn, self.maximize = data, validate, maximize
         self.code_version = code_version()  # the code this run starts with
         self.dist: DistInfo = init_distributed(self.tc.device)
         self.device = self.dist.device
         if self.tc.threads > 0:
             torch.set_num_threads(self.tc.threads)
         self.model = model.to(self.device)
+        self.net: torch.nn.Module = self.model  # what computes the loss (DDP wraps the model)
         self.run_dir = Path(run_dir) if run_dir is not None else config.run_dir
         self.is_main = self.dist.rank == 0
-        counts = train_item_counts(ds, split)
-        self.valid_eval = build_evaluator(ds, split, "valid", self.ec, max_len, counts)
-        self.test_eval = build_evaluator(ds, split, "test", self.ec, max_len, counts)
+        self.files = RunFiles(self.run_dir, enabled=self.is_main)
         # train.ema_decay > 0: a moving average of the weights, updated after every optimizer
         # step; validation, the best/last checkpoints and the test use it instead of the raw weights
         self.ema: AveragedModel | None = None
@@ -153,264 +287,187 @@ class Trainer:
         """The weights that are validated, checkpointed and tested."""
         return self.ema.module if self.ema is not None else self.model
 
-    # ------------------------------------------------------------------ helpers
-    def _diagnostics(self, n_users: int = 512) -> dict[str, Any] | None:
-        """Model-specific diagnostics on a fixed sample of validation users, for models that
-        define `diagnostics(batch, item_bucket=, targets=)` (e.g. token specialization)."""
-        model = self.eval_model
-        fn = getattr(model, "diagnostics", None)
-        if fn is None or not self.is_main:
-            return None
-        ev = self.split.valid
-        if len(ev) == 0:
-            return None
-        if getattr(self, "_diag_inputs", None) is None:
-            idx = np.sort(np.random.default_rng(0).choice(len(ev), min(n_users, len(ev)), replace=False))
-            users, hist = ev.users[idx], ev.hist_len[idx]
-            first = ev.target_items[ev.target_offsets[idx]]  # each user's first target
-            batch = history_batch(self.ds, users, hist, self.max_len)
-            self._diag_inputs = (batch, torch.as_tensor(first, dtype=torch.long))
-        batch, targets = self._diag_inputs
-        model.eval()
-        with torch.no_grad():
-            out = fn({k: v.to(self.device) for k, v in batch.items()}, item_bucket=self.valid_eval.bucket_of,
-                     targets=targets.to(self.device))
-        model.train()
-        return out
-
-    def _autocast(self):
-        if not self.tc.bf16:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _score_fn(self) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-        model = self.eval_model
-
-        def score(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            # always fp32: bf16 scores would create ties that the ranking then breaks by item id
-            return model.score({k: v.to(self.device) for k, v in batch.items()}).float()
-
-        return score
-
-    def evaluate(self, which: str = "valid", export: bool = False) -> EvalResult:
-        model = self.eval_model
-        model.eval()
-        ev = self.valid_eval if which == "valid" else self.test_eval
-        with torch.no_grad():
-            res = ev.evaluate(self._score_fn(), export=export)
-        model.train()
-        return res
-
-    def _loader(self, users: TrainUsers, epoch: int) -> DataLoader:
-        pin = self.device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-        if self.tc.length_bucketing:
-            bs = LengthBucketBatches(users.window_lengths(), self.tc.batch_size, self.tc.seed,
-                                     rank=self.dist.rank, world_size=self.dist.world_size)
-            bs.set_epoch(epoch)
-            return DataLoader(users, batch_sampler=bs, collate_fn=users.collate, pin_memory=pin)
-        if self.dist.world_size > 1:
-            sampler = DistributedSampler(users, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                         shuffle=True, seed=self.tc.seed, drop_last=False)
-            sampler.set_epoch(epoch)
-        else:
-            g = torch.Generator().manual_seed(self.tc.seed * 100_003 + epoch)
-            sampler = RandomSampler(users, generator=g)
-        return DataLoader(users, batch_size=self.tc.batch_size, sampler=sampler, collate_fn=users.collate, pin_memory=pin)
-
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
-        tc, run_dir = self.tc, self.run_dir
-        ckpt_dir = run_dir / "checkpoints"
+        """Train until train.epochs, early stopping or train.max_minutes; then evaluate the best
+        weights (which the model keeps). resume: continue from checkpoints/last.pt if there is one."""
+        state = self.start(resume)
+        for epoch in range(state.epoch + 1, self.tc.epochs + 1):
+            row = self.train_one_epoch(state, epoch)
+            improved = self.validate_epoch(state, epoch, row)
+            self.record_epoch(state, row)
+            self.checkpoint(state, improved)
+            if self.stop_vote(state, row):
+                break
+        self.files.close()
+        return self.finish(state)
+
+    def start(self, resume: bool) -> TrainState:
+        """Seed, prepare the data, build the optimizer (DDP, moving average); continue from last.pt
+        on resume; write config.yaml."""
+        tc = self.tc
         seed_everything(tc.seed + self.dist.rank)
-        stride = 0 if tc.windows == "last" else min(tc.window_stride or self.max_len, self.max_len)
-        users = TrainUsers(self.ds, self.split, self.max_len, stride=stride)
-        if len(users) == 0:
-            raise ValueError("no user has at least 2 training events: nothing to train on")
+        self.prepare_data()
         opt = build_optimizer(self.model, tc.lr, tc.beta2, tc.weight_decay)
-        net = self.model
         if self.dist.world_size > 1:
-            net = DistributedDataParallel(
-                self.model, find_unused_parameters=bool(getattr(self.model, "ddp_find_unused_parameters", False)))
+            self.net = DistributedDataParallel(self.model, find_unused_parameters=self.model.ddp_find_unused_parameters)
         if tc.ema_decay > 0:  # parameters are averaged, buffers copied; every rank averages the same synchronized weights
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+        state = TrainState(opt, self.ema, best=-math.inf if self.maximize else math.inf)
+        resumed = resume and self.resume(state)
+        from ..config import dump_config
 
-        start_epoch, best, best_epoch, bad, bad_lr, history, elapsed0 = 1, -math.inf, 0, 0, 0, [], 0.0
-        if resume and (ckpt_dir / "last.pt").exists():
-            st = load_state(ckpt_dir / "last.pt")
-            self.model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            if self.ema is not None:
-                if "ema" not in st:
-                    raise ValueError(f"{ckpt_dir / 'last.pt'}: written without train.ema_decay; resume with train.ema_decay=0")
-                self.ema.load_state_dict(st["ema"])
-            start_epoch, best, best_epoch, bad = st["epoch"] + 1, st["best"], st["best_epoch"], st["bad"]
-            bad_lr = int(st.get("bad_lr", bad))
-            history, elapsed0 = json.loads(st["history"]), st["elapsed"]
-            torch.set_rng_state(st["torch_rng"])
-            if self.device.type == "cuda" and "cuda_rng" in st:  # dropout, sampled negatives and noise on the GPU
-                torch.cuda.set_rng_state(st["cuda_rng"], self.device)
-            np.random.set_state(_np_state_from(st["numpy_rng"]))
-            if self.is_main:
-                log.info("resumed from %s at epoch %d (best %s=%.5f at epoch %d)", ckpt_dir / "last.pt",
-                         st["epoch"], tc.monitor, best, best_epoch)
-        elif resume and self.is_main:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", ckpt_dir)
-
-        writer = None
-        if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            from ..config import dump_config
-
-            atomic_write_text(run_dir / "config.yaml", dump_config(self.cfg))
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-
-        t_start = time.perf_counter() - elapsed0
-        train_s_total = sum(h["train_s"] for h in history)
+        self.files.start(dump_config(self.cfg), fresh=not resumed)
+        self._t_start = time.perf_counter() - state.elapsed
         self.model.train()
-        for epoch in range(start_epoch, tc.epochs + 1):
-            t0 = time.perf_counter()
-            # the loss is summed on the device and read back every `sync_every` steps (every step on
-            # the CPU, where reading it costs nothing): a per-step read would stall a GPU each step
-            loss_acc, n_steps, loss_sum, sync_every = None, 0, 0.0, (50 if self.device.type == "cuda" else 1)
-            loader = self._loader(users, epoch)
-            bar = loader
-            if self.is_main and tc.progress:
-                from tqdm import tqdm
+        return state
 
-                bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
-            for batch in bar:
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                with self._autocast():
-                    loss, logs = net(batch)
-                ld = loss.detach().double()
-                loss_acc = ld if loss_acc is None else loss_acc + ld
-                n_steps += 1
-                if n_steps % sync_every == 0:
-                    loss_sum = finite_loss(loss_acc, f"epoch {epoch}")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-                opt.step()
-                if self.ema is not None:
-                    self.ema.update_parameters(self.model)
-                if bar is not loader and n_steps % sync_every == 0:
-                    bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}")
-            if loss_acc is not None:
-                loss_sum = finite_loss(loss_acc, f"epoch {epoch}")
-            train_s = time.perf_counter() - t0
-            train_s_total += train_s
-            row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / max(n_steps, 1), "train_s": train_s}
-            if self.dist.world_size > 1:
-                t = torch.tensor([row["train_loss"]], dtype=torch.float64, device=self.device)  # NCCL needs device tensors
-                dist.all_reduce(t)
-                row["train_loss"] = float(t) / self.dist.world_size
-
-            improved = False
-            if epoch % tc.eval_every == 0 or epoch == tc.epochs:
-                t1 = time.perf_counter()
-                res = self.evaluate("valid")
-                row["eval_s"] = time.perf_counter() - t1
-                row.update({f"valid_{k}": v for k, v in res.metrics.items()})
-                diag = self._diagnostics()
-                if diag is not None and self.is_main:
-                    _append_jsonl(run_dir / "diagnostics.jsonl", {"epoch": epoch, **diag})
-                    row.update({f"diag_{k}": v for k, v in diag.items() if isinstance(v, (int, float))})
-                if tc.monitor not in res.metrics:
-                    raise KeyError(f"train.monitor={tc.monitor!r} is not a metric; available: {sorted(res.metrics)}")
-                cur = res.metrics[tc.monitor]
-                if cur > best:
-                    best, best_epoch, bad, bad_lr, improved = cur, epoch, 0, 0, True
-                else:
-                    bad, bad_lr = bad + 1, bad_lr + 1
-                if tc.lr_decay < 1.0 and bad_lr >= tc.lr_patience:  # decay on a validation plateau
-                    for g in opt.param_groups:
-                        g["lr"] = max(g["lr"] * tc.lr_decay, tc.lr_min * g.get("lr_scale", 1.0))
-                    bad_lr = 0
-            row["lr"] = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)  # the run's rate
-            row["elapsed_s"] = time.perf_counter() - t_start
-            history.append(row)
-
+    def resume(self, state: TrainState) -> bool:
+        """Continue from checkpoints/last.pt, after checking the settings against the checkpoint's
+        (crbr.train.resume); False when there is no checkpoint. Unreadable files and refused
+        changes are errors naming the file."""
+        path = self.files.ckpt_dir / "last.pt"
+        if not path.exists():
             if self.is_main:
-                for k, v in row.items():
-                    if k != "epoch":
-                        writer.add_scalar(k, v, epoch)
-                writer.flush()
-                _write_csv(run_dir / "metrics.csv", history)
-                msg = f"epoch {epoch}: loss {row['train_loss']:.4f} ({train_s:.1f}s)"
-                if "eval_s" in row:
-                    msg += f"  valid {tc.monitor} {row['valid_' + tc.monitor]:.4f} (best {best:.4f} @ {best_epoch})"
-                log.info(msg)
-                exp = self.cfg.to_dict()
-                if improved:
-                    save_weights(ckpt_dir / "best.safetensors", self.eval_model, self.cfg.model_name, exp,
-                                 {"epoch": epoch, tc.monitor: best})
-                save_weights(ckpt_dir / "last.safetensors", self.eval_model, self.cfg.model_name, exp, {"epoch": epoch})
-                save_state(ckpt_dir / "last.pt", {
-                    "model": self.model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                    **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-                    "best": best, "best_epoch": best_epoch, "bad": bad, "bad_lr": bad_lr, "history": json.dumps(history),
-                    "elapsed": row["elapsed_s"], "torch_rng": torch.get_rng_state(),
-                    **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
-                    "numpy_rng": _np_state_to(np.random.get_state()),
-                })
+                log.warning("--resume: no checkpoint in %s, starting from scratch", path.parent)
+            return False
+        ckpt = TrainState.read(path)
+        changes = check_resume(stored_record(ckpt, path.parent), self.cfg, self.model, path)
+        state.restore(ckpt, self.model, self.device, path)
+        was = state.lr
+        if "train.lr" in changes:  # the optimizer's saved rate would win otherwise
+            state.set_lr(self.tc.lr)
+        state.resumes.append({"epoch": state.epoch, "changed": {k: list(v) for k, v in changes.items()}})
+        if self.is_main:
+            log.info("resumed from %s at epoch %d (best %s=%.5f at epoch %d)", path, state.epoch, self.tc.monitor,
+                     state.best, state.best_epoch)
+            for k, (old, new) in changes.items():
+                log.info("resume: %s changed from %s to %s%s", k, old, new,
+                         f" (the optimizer's rate was {was:g})" if k == "train.lr" else "")
+        return True
 
-            stop = bad >= tc.patience
-            if tc.max_minutes > 0 and row["elapsed_s"] > tc.max_minutes * 60:
-                stop = True
-            if self.dist.world_size > 1:  # every rank must agree to stop
-                flag = torch.tensor([int(stop)], device=self.device)
-                dist.broadcast(flag, 0)
-                stop = bool(flag.item())
-                dist.barrier()
-            if stop:
-                if self.is_main:
-                    log.info("stopping after epoch %d (best %s=%.5f at epoch %d)", epoch, tc.monitor, best, best_epoch)
-                break
+    def train_one_epoch(self, state: TrainState, epoch: int) -> dict[str, Any]:
+        """Train one epoch; the start of its metrics.csv row (loss averaged over ranks, grad_*)."""
+        t0 = time.perf_counter()
+        st = train_epoch(self.model, self.epoch_batches(epoch), state.optimizer, net=self.net, bf16=self.tc.bf16,
+                         grad_clip=self.tc.grad_clip, ema=self.ema, step=state.step, where=f"epoch {epoch}",
+                         progress=f"epoch {epoch}" if self.is_main and self.tc.progress else None)
+        state.epoch, state.step = epoch, st.step
+        row: dict[str, Any] = {"epoch": epoch, "train_loss": st.loss, "train_s": time.perf_counter() - t0}
+        if self.dist.world_size > 1:
+            t = torch.tensor([row["train_loss"]], dtype=torch.float64, device=self.device)  # NCCL needs device tensors
+            dist.all_reduce(t)
+            row["train_loss"] = float(t) / self.dist.world_size
+        row.update({f"grad_{k}": v for k, v in st.hooks.items()})
+        return row
 
-        if writer is not None:
-            writer.close()
-        # ----- test the best weights
+    def validate_epoch(self, state: TrainState, epoch: int, row: dict[str, Any]) -> bool:
+        """Validate when due (every eval_every epochs, and the last); count the monitored value for
+        early stopping and decay the rate on a plateau. True when the weights are the best so far."""
+        if not (epoch % self.tc.eval_every == 0 or epoch == self.tc.epochs):
+            return False
+        out = self.validation(epoch)
+        if out is None:
+            return False
+        metrics, columns = out
+        row.update(columns)
+        if self.tc.monitor not in metrics:
+            raise KeyError(f"train.monitor={self.tc.monitor!r} is not a metric; available: {sorted(metrics)}")
+        improved = state.observe(metrics[self.tc.monitor], epoch, self.maximize)
+        state.decay_lr_on_plateau(self.tc.lr_decay, self.tc.lr_patience, self.tc.lr_min)
+        return improved
+
+    def record_epoch(self, state: TrainState, row: dict[str, Any]) -> None:
+        """Finish the row (rate, elapsed time), add it to the history, metrics.csv and TensorBoard."""
+        row["lr"] = state.lr  # the run's rate
+        row["elapsed_s"] = state.elapsed = time.perf_counter() - self._t_start
+        state.history.append(row)
+        self.files.log_row(state.history, row)
+        if self.is_main:
+            msg = f"epoch {row['epoch']}: loss {row['train_loss']:.4f} ({row['train_s']:.1f}s)"
+            if "eval_s" in row:
+                msg += (f"  valid {self.tc.monitor} {row['valid_' + self.tc.monitor]:.4f} "
+                        f"(best {state.best:.4f} @ {state.best_epoch})")
+            log.info(msg)
+
+    def checkpoint(self, state: TrainState, improved: bool) -> None:
+        """best.safetensors when the weights improved, last.safetensors and last.pt (rank 0)."""
+        if not self.is_main:
+            return
+        exp = self.cfg.to_dict()
+        if improved:
+            self.files.save_weights("best", self.eval_model, exp, {"epoch": state.epoch, self.tc.monitor: state.best})
+        self.files.save_weights("last", self.eval_model, exp, {"epoch": state.epoch})
+        state.save(self.files.ckpt_dir / "last.pt", self.model, self.device, run_record(self.cfg, self.model))
+
+    def stop_vote(self, state: TrainState, row: dict[str, Any]) -> bool:
+        """Stop after train.patience validations without improvement or past train.max_minutes;
+        under DDP rank 0 decides for every rank."""
+        tc = self.tc
+        stop = state.bad >= tc.patience or (tc.max_minutes > 0 and row["elapsed_s"] > tc.max_minutes * 60)
+        if self.dist.world_size > 1:  # every rank must agree to stop
+            flag = torch.tensor([int(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+            dist.barrier()
+        if stop and self.is_main:
+            log.info("stopping after epoch %d (best %s=%.5f at epoch %d)", state.epoch, tc.monitor, state.best, state.best_epoch)
+        return stop
+
+    def finish(self, state: TrainState) -> FitResult:
+        """Make the best weights the model's (else the final ones: the moving average if kept),
+        evaluate them, write results.json."""
         if self.dist.world_size > 1:
             dist.barrier()
-        best_path = ckpt_dir / "best.safetensors"
-        if best_path.exists():
-            load_weights(best_path, self.model)
-            self.ema = None  # the best weights (moving average or not) are now the model's own
-        valid_res = self.evaluate("valid")
-        test_res = self.evaluate("test", export=bool(self.ec.export_topk))
-        epochs_run = len(history)
+        if self.files.best_weights.exists():
+            load_weights(self.files.best_weights, self.model)
+        elif self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+        self.ema = None  # the kept weights (moving average or not) are now the model's own
+        metrics, valid, test = self.final_evaluation()
+        history = state.history
         result = FitResult(
-            best_epoch=best_epoch,
-            best_valid={k: v for k, v in valid_res.metrics.items()},
-            test=test_res,
-            valid=valid_res,
-            epochs_run=epochs_run,
-            seconds_per_epoch=train_s_total / max(epochs_run, 1),
-            train_seconds=history[-1]["elapsed_s"] if history else 0.0,
-            peak_rss_mb=peak_rss_mb(),
-            history=history,
-        )
-        if self.is_main:
-            if self.ec.export_topk:
-                from ..eval.export import export_topk
-
-                export_topk(test_res, self.ds, self.ec.export_topk)
-                log.info("wrote test top-%d lists to %s", self.ec.export_k, self.ec.export_topk)
-            atomic_write_text(run_dir / "results.json", json.dumps(self.results_dict(result), indent=1, default=float))
+            best_epoch=state.best_epoch, best_valid=dict(metrics), test=test, valid=valid, epochs_run=len(history),
+            seconds_per_epoch=sum(h["train_s"] for h in history) / max(len(history), 1),
+            train_seconds=history[-1]["elapsed_s"] if history else 0.0, peak_rss_mb=peak_rss_mb(),
+            history=history, resumes=state.resumes)
+        self.files.write_results(self.results_dict(result))
         return result
+
+    # ------------------------------------------------------------------ what a data source defines
+    def prepare_data(self) -> None:
+        """Called once per fit, after seeding and before the first epoch."""
+
+    def epoch_batches(self, epoch: int) -> Iterable[Batch]:
+        data = self.data
+        if isinstance(data, Dataset) and not isinstance(data, IterableDataset):
+            return epoch_loader(data, epoch, self.tc, self.dist)
+        if callable(data):
+            return data(epoch)
+        if data is None:
+            raise ValueError("TrainLoop: no training data (pass data=)")
+        return data
+
+    def validation(self, epoch: int) -> tuple[dict[str, float], dict[str, Any]] | None:
+        """(metrics, metrics.csv columns) of the weights being validated; None: no validation."""
+        if self.validate_fn is None:
+            return None
+        t1 = time.perf_counter()
+        with eval_mode(self.eval_model) as m:
+            metrics = {k: float(v) for k, v in self.validate_fn(m).items()}
+        return metrics, {"eval_s": time.perf_counter() - t1, **{f"valid_{k}": v for k, v in metrics.items()}}
+
+    def final_evaluation(self) -> tuple[dict[str, float], EvalResult | None, EvalResult | None]:
+        """(validation metrics, validation result, test result) of the kept weights."""
+        if self.validate_fn is None:
+            return {}, None, None
+        with eval_mode(self.model) as m:
+            return {k: float(v) for k, v in self.validate_fn(m).items()}, None, None
 
     def results_dict(self, r: FitResult) -> dict[str, Any]:
         return {
             "name": self.cfg.name,
             "model": self.cfg.model_name,
-            "dataset": self.ds.info.get("name"),
-            "split": self.split.describe(),
-            "protocol": r.test.protocol if r.test else None,
-            "test": r.test.metrics if r.test else None,
-            "test_bucket_hr10": r.test.bucket_hr10 if r.test else None,
             "valid": r.best_valid,
             "best_epoch": r.best_epoch,
             "epochs_run": r.epochs_run,
@@ -423,31 +480,68 @@ class Trainer:
             "seed": self.tc.seed,
             "code_version": self.code_version,
             "config": self.cfg.to_dict(),
+            **({"resumes": r.resumes} if r.resumes else {}),
         }
 
 
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """One JSON object per line (appended; a resumed run continues the file)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, default=float) + "\n")
+class Trainer(TrainLoop):
+    """Fit a sequence model on a split: train on the split's training windows, validate every
+    `eval_every` epochs by full ranking, early-stop on `monitor`, keep the best weights, test them.
 
+    model:   a crbr Recommender
+    max_len: history window fed to the model (None: model.max_len)
+    config:  the ExperimentConfig (its `train` and `eval` sections drive the loop)
+    """
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    import io
+    def __init__(self, model: torch.nn.Module, ds: SequenceDataset, split: Split, config, max_len: int | None = None,
+                 run_dir: str | Path | None = None):
+        super().__init__(model, config, run_dir=run_dir)
+        self.ec = config.eval
+        self.ds, self.split = ds, split
+        self.max_len = model.max_len if max_len is None else int(max_len)
+        self.evaluation = SplitEvaluation(ds, split, self.ec, self.max_len)
+        self.users: TrainUsers | None = None
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
+    @property
+    def valid_eval(self):
+        return self.evaluation.valid
 
+    @property
+    def test_eval(self):
+        return self.evaluation.test
 
-def _np_state_to(st: tuple) -> dict[str, Any]:
-    return {"name": st[0], "keys": torch.from_numpy(st[1].astype(np.int64)), "pos": st[2], "has_gauss": st[3], "gauss": st[4]}
+    def evaluate(self, which: str = "valid", export: bool = False) -> EvalResult:
+        return self.evaluation.evaluate(self.eval_model, which, export, self.device)
 
+    def prepare_data(self) -> None:
+        tc = self.tc
+        stride = 0 if tc.windows == "last" else min(tc.window_stride or self.max_len, self.max_len)
+        self.users = TrainUsers(self.ds, self.split, self.max_len, stride=stride)
+        if len(self.users) == 0:
+            raise ValueError("no user has at least 2 training events: nothing to train on")
 
-def _np_state_from(d: dict[str, Any]) -> tuple:
-    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["gauss"])
+    def epoch_batches(self, epoch: int) -> Iterable[Batch]:
+        users = self.users
+        lengths = users.window_lengths() if self.tc.length_bucketing else None
+        return epoch_loader(users, epoch, self.tc, self.dist, users.collate, lengths)
+
+    def validation(self, epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
+        return validate_on_split(self.evaluation, self.eval_model, self.files, {"epoch": epoch}, self.device,
+                                 diagnostics=self.is_main)
+
+    def final_evaluation(self) -> tuple[dict[str, float], EvalResult, EvalResult]:
+        valid = self.evaluate("valid")
+        test = self.evaluate("test", export=bool(self.ec.export_topk))
+        if self.is_main and self.ec.export_topk:
+            from ..eval.export import export_topk
+
+            export_topk(test, self.ds, self.ec.export_topk)
+            log.info("wrote test top-%d lists to %s", self.ec.export_k, self.ec.export_topk)
+        return valid.metrics, valid, test
+
+    def results_dict(self, r: FitResult) -> dict[str, Any]:
+        rest = super().results_dict(r)
+        head = {"name": rest.pop("name"), "model": rest.pop("model"), "dataset": self.ds.info.get("name"),
+                "split": self.split.describe(), "protocol": r.test.protocol if r.test else None,
+                "test": r.test.metrics if r.test else None, "test_bucket_hr10": r.test.bucket_hr10 if r.test else None}
+        return {**head, **rest}
