@@ -3,11 +3,12 @@ it (function-local imports included). Layers, bottom to top:
 
   settings, fileio, ranking, stats     plumbing, no other crbr imports; paired statistics
   data, checkpoint, nn                 events and datasets; checkpoint files; shared blocks
-  features, config, semantic_ids       item features; experiment configs; item tokenizers
+  features, config                     item features; experiment configs
   models                               the model contract and the models
   eval, index                          evaluation; item indexes
   retrieval, train, results, analysis  models searched in indexes; the training loop; records;
-                                       analysis of trained models and finished runs
+  semantic_ids                         analysis of trained models and finished runs; item
+                                       tokenizers (RQ-VAE trains through the loop)
   federated, pipeline                  federated training; multi-stage chains
   cli                                  the command line
 """
@@ -23,10 +24,10 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "crbr"
 LAYERS = [
     {"settings", "fileio", "ranking", "stats"},
     {"data", "checkpoint", "nn"},
-    {"features", "config", "semantic_ids"},
+    {"features", "config"},
     {"models"},
     {"eval", "index"},
-    {"retrieval", "train", "results", "analysis"},
+    {"retrieval", "train", "results", "analysis", "semantic_ids"},
     {"federated", "pipeline"},
     {"cli"},
 ]

@@ -155,3 +155,22 @@ def test_health_report_runs_end_to_end(tmp_path):
     assert set(rep) >= {"embedding", "codebook", "ids", "prefix_lift"}
     assert rep["ids"]["collision_rate_after_disambiguation"] == 0.0
     assert len(rep["codebook"]) == 2 and "inertia" in rep["codebook"][0]
+
+
+def test_rqvae_trains_through_the_generic_loop_and_finds_planted_clusters(tmp_path):
+    import torch
+
+    from crbr.semantic_ids.rqvae import RQVAEConfig
+
+    torch.set_num_threads(1)
+    x, lab = planted(n=2000, k=8, d=24)
+    ds = generate(SyntheticConfig.tiny(seed=2, n_users=60)).dataset
+    feats = np.zeros((ds.n_items + 1, 24), np.float32)
+    feats[1:] = x[: ds.n_items]
+    cfg = RQVAEConfig(levels=2, codebook_size=8, hidden=[32], latent=8)
+    sid = build_semantic_ids(ds, feats, cfg, cache_dir=tmp_path)
+    assert sid.meta["tokenizer"] == "rq-vae" and sid.meta["reconstruction_error"] < 0.5
+    assert nmi(lab[: ds.n_items], sid.codes[1:, 0]) > 0.8
+    runs = list(tmp_path.glob("*.rqvae/checkpoints/best.safetensors"))
+    assert runs, "the loop wrote its checkpoints"
+    assert collision_stats(sid.tokens()[1:])["collision_rate"] == 0.0

@@ -18,6 +18,8 @@ def add_commands(sub) -> None:
     b.add_argument("--config", "-c", required=True, help="experiment YAML: its data section names the dataset")
     b.add_argument("--features", required=True, help="item feature spec (crbr.features), e.g. text, items.npy, categories")
     b.add_argument("--out", required=True, help="Parquet file: item_id, c1..cL, d (codebooks beside it)")
+    b.add_argument("--tokenizer", choices=["rq-kmeans", "rq-vae"], default="rq-kmeans",
+                   help="residual k-means (default) or an RQ-VAE trained with the generic loop (TIGER)")
     b.add_argument("--levels", type=int, default=3)
     b.add_argument("--codebook-size", type=int, nargs="+", default=[256], help="K, or one K per level")
     b.add_argument("--balanced", action="store_true", help="equal-size codes (balanced k-means)")
@@ -47,13 +49,19 @@ def _dataset(args):
 def cmd_build(args) -> int:
     from ..semantic_ids import RQKMeansConfig, build_semantic_ids
     from ..semantic_ids.health import id_health
+    from ..semantic_ids.rqvae import RQVAEConfig
 
     ds, _ = _dataset(args)
     sizes = args.codebook_size[0] if len(args.codebook_size) == 1 else list(args.codebook_size)
-    cfg = RQKMeansConfig(levels=args.levels, codebook_size=sizes, balanced=args.balanced, n_redo=args.restarts,
-                         seed=args.seed)
+    if args.tokenizer == "rq-vae":
+        if not isinstance(sizes, int):
+            raise ValueError("--tokenizer rq-vae takes one --codebook-size for every level")
+        cfg = RQVAEConfig(levels=args.levels, codebook_size=sizes)
+    else:
+        cfg = RQKMeansConfig(levels=args.levels, codebook_size=sizes, balanced=args.balanced, n_redo=args.restarts,
+                             seed=args.seed)
     t0 = time.perf_counter()
-    sid = build_semantic_ids(ds, args.features, cfg, reassign=args.reassign)
+    sid = build_semantic_ids(ds, args.features, cfg, reassign=args.reassign, seed=args.seed)
     sid.save(args.out)
     ids = id_health(sid)
     print(f"semantic IDs of {ds.n_items:,} items ({args.features}): {sid.n_levels} levels of {sid.sizes}, "

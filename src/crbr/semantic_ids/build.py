@@ -53,18 +53,36 @@ def tokenize(x: np.ndarray, config: RQKMeansConfig, reassign: bool = False) -> t
     return codes, tok, stats
 
 
-def cache_key(x: np.ndarray, config: RQKMeansConfig, reassign: bool) -> str:
+def cache_key(x: np.ndarray, config, reassign: bool, seed: int = 0) -> str:
     h = hashlib.sha256(f"crbr-semantic-ids v{CACHE_VERSION}\n".encode())
-    h.update(json.dumps({"config": dataclasses.asdict(config), "reassign": reassign}, sort_keys=True).encode())
+    h.update(json.dumps({"kind": type(config).__name__, "config": dataclasses.asdict(config), "reassign": reassign,
+                         "seed": seed}, sort_keys=True).encode())
     h.update(str(x.shape).encode())
     h.update(np.ascontiguousarray(x, dtype=np.float32).tobytes())
     return h.hexdigest()[:24]
 
 
-def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: RQKMeansConfig | None = None,
-                       reassign: bool = False, cache_dir: str | Path | None = None) -> SemanticIDs:
+def tokenize_rqvae(x: np.ndarray, config: "RQVAEConfig", run_dir: Path, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Codes (N, L) from an RQ-VAE trained on x, and what to record about it."""
+    import torch
+
+    from .ids import collision_stats
+    from .rqvae import train_rqvae
+
+    codes, model = train_rqvae(x, config, run_dir=run_dir, seed=seed)
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) if config.normalize else x
+    info = {"reconstruction_error": model.reconstruction_error(torch.from_numpy(np.asarray(u, np.float32))),
+            **{f"{k}_tokenizer": v for k, v in collision_stats(codes).items()}}
+    return codes, info
+
+
+def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: "RQKMeansConfig | RQVAEConfig | None" = None,
+                       reassign: bool = False, cache_dir: str | Path | None = None, seed: int = 0) -> SemanticIDs:
     """Semantic IDs of every item of `ds` from `features` (a crbr.features spec or an
-    (n_items + 1, D) matrix with padding row 0)."""
+    (n_items + 1, D) matrix with padding row 0), by RQ-KMeans (an RQKMeansConfig, the default)
+    or an RQ-VAE (an RQVAEConfig; `reassign` applies to RQ-KMeans only)."""
+    from .rqvae import RQVAEConfig
+
     from ..data.prepare import default_cache_dir
     from ..features import item_features
 
@@ -73,19 +91,26 @@ def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: 
     X = item_features(ds, features) if isinstance(features, str) else np.asarray(features, dtype=np.float32)
     if X.shape[0] != ds.n_items + 1:
         raise ValueError(f"features: expected {ds.n_items + 1} rows (padding row 0 + one per item), got {X.shape[0]}")
-    x, n_empty = fill_empty_rows(X[1:], config.seed)
+    x, n_empty = fill_empty_rows(X[1:], seed)
     if n_empty:
         log.warning("%d items have all-zero features (%s); each gets a random direction", n_empty, source)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir() / "semantic_ids"
-    path = cache / f"{ds.info.get('name', 'dataset')}-{cache_key(x, config, reassign)}.parquet"
+    path = cache / f"{ds.info.get('name', 'dataset')}-{cache_key(x, config, reassign, seed)}.parquet"
     if path.exists():
         log.info("semantic IDs from the cache: %s", path)
         return SemanticIDs.load(path, ds.item_ids)
     t0 = time.perf_counter()
-    codes, tok, stats = tokenize(x, config, reassign)
-    meta = {"tokenizer": "rq-kmeans", "config": dataclasses.asdict(config), "reassign": reassign, "features": source,
-            "empty_items": n_empty, "seconds": time.perf_counter() - t0,
-            "residual_per_level": [dataclasses.asdict(s) for s in tok.stats]}
-    sid = SemanticIDs.from_codes(codes, config.sizes, ds.item_ids, meta, tok.codebooks, stats)
+    meta = {"config": dataclasses.asdict(config), "features": source, "empty_items": n_empty}
+    if isinstance(config, RQVAEConfig):
+        codes, stats = tokenize_rqvae(x, config, path.with_suffix(".rqvae"), seed)
+        sizes, codebooks = [config.codebook_size] * config.levels, None
+        meta.update(tokenizer="rq-vae", reconstruction_error=stats.pop("reconstruction_error"))
+    else:
+        codes, tok, stats = tokenize(x, config, reassign)
+        sizes, codebooks = config.sizes, tok.codebooks
+        meta.update(tokenizer="rq-kmeans", reassign=reassign,
+                    residual_per_level=[dataclasses.asdict(s) for s in tok.stats])
+    meta["seconds"] = time.perf_counter() - t0
+    sid = SemanticIDs.from_codes(codes, sizes, ds.item_ids, meta, codebooks, stats)
     sid.save(path)
     return sid
