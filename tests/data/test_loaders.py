@@ -130,6 +130,17 @@ def test_pairs(tmp_path):
     assert raw.events["row"].to_list() == [1, 2, 3]
 
 
+def test_pairs_with_item_text_json(tmp_path):
+    text = {"10": {"title": "Ten", "brand": "B", "categories": ["Root", "A"], "price": 1}, "11": {"title": None}}
+    meta = write(tmp_path / "item_text.json", json.dumps(text))
+    raw = load_pairs(write(tmp_path / "ml.txt", "1 10\n2 11\n1 12\n"), item_text_path=meta)
+    items = {r["item"]: r for r in raw.items.iter_rows(named=True)}
+    assert items["10"]["text"] == "Title: Ten. Brand: B. Categories: Root > A. Price: $1.00"
+    assert items["10"]["categories"] == ["A"]
+    assert items["11"]["text"] is None and items["11"]["categories"] == []
+    assert raw.drops == {"item_text.json:items_without_text": 1}  # item 12
+
+
 def test_table_csv_with_item_table(tmp_path):
     ev = write(tmp_path / "log.csv", "uid,sku,when,kind\nu1,a,100,click\nu2,b,101,purchase\nu1,b,102,skip\n")
     it = write(tmp_path / "items.tsv", "sku\tcats\ttitle\na\tx; y\tItem A\nb\t\tItem B\n")

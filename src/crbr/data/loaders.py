@@ -12,7 +12,19 @@ Formats (one function each):
   as the S3-Rec / ICLRec Amazon files (Beauty.txt, Yelp.txt, LastFM.txt) and ml-1m_seq.txt. No
   timestamps: the order is the line order. Optional metadata: `*_item2attributes.json`
   (`{"item": [attribute ids]}` -> categories "attr:<id>", text "attributes <id> <id> ..."),
-  or a MovieLens movies.dat / movies.csv / u.item.
+  an item text JSON (below), or a MovieLens movies.dat / movies.csv / u.item. Optional
+  `ratings_path`: a parallel per-event ratings file (below).
+- `load_item_text_json(path)`  item text JSON (Beauty_item_text.json): `{"item": {"title",
+  "brand", "categories", "price", ...}}`; text from the template of `item_text_from_fields`,
+  categories from the category path (see there). Read by `load_item_metadata` for a `.json`
+  whose values are objects, or given as `item_text_path` beside another metadata file (then it
+  supplies the text and the other file the categories).
+- `load_attribute_names(path)`  names of S3-Rec attribute ids (Beauty_attribute_names.json:
+  `{"attr id": [{"type": "category"|"brand", "name": ...}]}`), which turn the "attr:<id>"
+  categories of an item2attributes file into those names (`attribute_names_path`).
+- ratings file of the sequence format (ml-1m_seq_ratings.txt): one line per line of the sequence
+  file, `user r1 r2 ...`, rk the rating of the k-th item of that line; 0 = unknown rating (the
+  event is kept as "interact"). Ratings map to like / neutral / dislike in build_dataset.
 - `load_pairs(path)`  SASRec's `user item` file, one event per line, order = file order.
 - `load_table(path, ColumnMap)`  generic CSV / TSV / Parquet with a column mapping; item metadata
   from `load_item_table(path, ItemColumnMap)` or a per-event category column.
@@ -48,6 +60,7 @@ import csv
 import io
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -495,6 +508,9 @@ def load_sequences(
     path: str | Path,
     *,
     items_path: str | Path | None = None,
+    item_text_path: str | Path | None = None,
+    attribute_names_path: str | Path | None = None,
+    ratings_path: str | Path | None = None,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
     encoding: str | None = None,
@@ -504,7 +520,14 @@ def load_sequences(
     No timestamps: the order within a line is the event order. A user id appearing on several
     lines gets the lines' events concatenated in file order. A line with a user and no items is
     a bad line ("user ... has no items").
-    items_path: `*_item2attributes.json`, movies.dat, movies.csv or u.item (see load_item_metadata).
+    items_path: `*_item2attributes.json`, an item text JSON, movies.dat, movies.csv or u.item
+    (see load_item_metadata). item_text_path, attribute_names_path: see `_with_items`.
+    ratings_path: the parallel ratings file (`user r1 r2 ...`, one line per non-blank line of
+    this file, the same user and as many values as items; blank lines are skipped in both). A
+    different number of lines, another user or another length on a line is always an error
+    naming the ratings file, its line and both values. A rating that is not a number is a bad
+    line of the ratings file (on_bad_line: error, or drop that event); 0 means unknown: the
+    event is kept with action "interact" (counted as "<ratings file>:unknown_rating", logged).
     """
     path = Path(path)
     if not path.is_file():
@@ -512,23 +535,95 @@ def load_sequences(
     drops: dict[str, int] = {}
     rd = _Reader(path, on_bad_line, drops, encoding=encoding)
     recs = _records(path, rd, None)
+    if ratings_path is not None:
+        recs = _attach_ratings(recs, path, Path(ratings_path), on_bad_line, drops, encoding)
     recs = rd.reject(
         recs, recs["fields"].list.len() < 2, "empty_user", lambda r: f"user {r['fields'][0]!r} has no items"
     )
-    df = recs.select(
-        "row",
-        pl.col("fields").list.first().alias("user"),
-        pl.col("fields").list.slice(1).alias("item"),
-    ).explode("item")
-    df = _typed(df, rd, {"user": "id", "item": "id"})
-    events = _events(df, timestamps=False, action=False, rating=False)
-    return _with_items(events, path, items_path, on_bad_line, drops, name, encoding)
+    cols = [pl.col("fields").list.first().alias("user"), pl.col("fields").list.slice(1).alias("item")]
+    if ratings_path is None:
+        df = recs.select("row", *cols).explode("item")
+        df = _typed(df, rd, {"user": "id", "item": "id"})
+        events = _events(df, timestamps=False, action=False, rating=False)
+    else:
+        df = recs.select("row", "rrow", *cols, pl.col("rvals").alias("rating")).explode(["item", "rating"])
+        df = _typed(df, rd, {"user": "id", "item": "id"})
+        events = _rated_events(df, Path(ratings_path), on_bad_line, drops)
+    raw = _with_items(events, path, items_path, on_bad_line, drops, name, encoding, item_text_path, attribute_names_path)
+    if ratings_path is not None:
+        raw.source_files.insert(1, Path(ratings_path))
+    return raw
+
+
+def _attach_ratings(
+    recs: pl.DataFrame, path: Path, rpath: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None
+) -> pl.DataFrame:
+    """The sequence records with the ratings file's line number (rrow) and values (rvals)
+    alongside; a mismatch in line count, user or line length raises, naming both files."""
+    if not rpath.is_file():
+        raise FileNotFoundError(f"{rpath}: ratings file not found")
+    rrd = _Reader(rpath, on_bad_line, drops, encoding=encoding)
+    rrecs = _records(rpath, rrd, None)
+    n, m = recs.height, rrecs.height
+    if n != m:
+        k = min(n, m)
+        where = (
+            f"line {recs['row'][k]} of {path} has no ratings line" if n > m
+            else f"its line {rrecs['row'][k]} has no line in {path}"
+        )
+        raise ValueError(
+            f"{rpath}: {m} non-blank line(s), but the sequence file {path} has {n}; {where} "
+            "(the ratings file needs one line `user r1 r2 ...` per sequence line)"
+        )
+    both = pl.DataFrame({
+        "row": recs["row"], "rrow": rrecs["row"],
+        "su": recs["fields"].list.first(), "ru": rrecs["fields"].list.first(),
+        "sn": recs["fields"].list.len() - 1, "rn": rrecs["fields"].list.len() - 1,
+    })
+    other_user = both.filter(pl.col("su") != pl.col("ru"))
+    if other_user.height:
+        r = other_user.row(0, named=True)
+        raise ValueError(
+            f"{rpath}, line {r['rrow']}: user {r['ru']!r}, but line {r['row']} of {path} is user {r['su']!r} "
+            f"({other_user.height} line(s) differ)"
+        )
+    other_len = both.filter(pl.col("sn") != pl.col("rn"))
+    if other_len.height:
+        r = other_len.row(0, named=True)
+        raise ValueError(
+            f"{rpath}, line {r['rrow']}: {r['rn']} rating(s) for user {r['ru']!r}, but line {r['row']} of {path} "
+            f"has {r['sn']} item(s) ({other_len.height} line(s) differ in length)"
+        )
+    return recs.with_columns(rrecs["row"].alias("rrow"), rrecs["fields"].list.slice(1).alias("rvals"))
+
+
+def _rated_events(df: pl.DataFrame, rpath: Path, on_bad_line: str, drops: dict[str, int]) -> pl.DataFrame:
+    """Events of a sequence file with ratings: a non-number is a bad line of the ratings file;
+    0 (unknown) -> action "interact" without a rating; other values -> mapped by build_dataset."""
+    rrd = _Reader(rpath, on_bad_line, drops)
+    df = df.rename({"row": "seq_row", "rrow": "row"})  # errors name the ratings file's line
+    df = _typed(df, rrd, {"rating": "float"}).rename({"row": "rrow", "seq_row": "row"})
+    unknown = pl.col("rating") == 0
+    n_unknown = int(df.select(unknown.sum()).item() or 0)
+    if n_unknown:
+        key = f"{rpath.name}:unknown_rating"
+        drops[key] = drops.get(key, 0) + n_unknown
+        first = int(df.filter(unknown)["rrow"][0])
+        log.warning("%s: %d rating(s) are 0 = unknown; those events are kept with action 'interact' (first: line %d)",
+                    rpath, n_unknown, first)
+    df = df.with_columns(
+        pl.when(unknown).then(pl.lit("interact")).otherwise(pl.lit(None, dtype=pl.Utf8)).alias("action"),
+        pl.when(unknown).then(pl.lit(None, dtype=pl.Float64)).otherwise(pl.col("rating")).alias("rating"),
+    )
+    return _events(df, timestamps=False, action=True, rating=True)
 
 
 def load_pairs(
     path: str | Path,
     *,
     items_path: str | Path | None = None,
+    item_text_path: str | Path | None = None,
+    attribute_names_path: str | Path | None = None,
     on_bad_line: OnBadLine = "error",
     name: str | None = None,
     encoding: str | None = None,
@@ -542,19 +637,61 @@ def load_pairs(
     recs = _check_field_count(_records(path, rd, None), rd, 2, "user item")
     df = _typed(_columns_from_fields(recs, ["user", "item"]), rd, {"user": "id", "item": "id"})
     events = _events(df, timestamps=False, action=False, rating=False)
-    return _with_items(events, path, items_path, on_bad_line, drops, name, encoding)
+    return _with_items(events, path, items_path, on_bad_line, drops, name, encoding, item_text_path, attribute_names_path)
 
 
 def _with_items(
     events: pl.DataFrame, path: Path, items_path: str | Path | None, on_bad_line: OnBadLine,
     drops: dict[str, int], name: str | None, encoding: str | None,
+    item_text_path: str | Path | None = None, attribute_names_path: str | Path | None = None,
 ) -> RawEvents:
-    """RawEvents of an order-only file, with item metadata from `items_path` when given."""
+    """RawEvents of an order-only file, with item metadata when given.
+
+    items_path: categories and text (load_item_metadata). attribute_names_path: names for the
+    "attr:<id>" categories of an item2attributes items_path (`name_attributes`).
+    item_text_path: an item text JSON (`load_item_text_json`) giving the text; its categories
+    are used only without items_path (with one, items_path's categories are kept and items only
+    in the JSON get none). Items of the log missing from the JSON get no text (None), counted as
+    "<json file>:items_without_text" and logged.
+    """
     files, items = [path], None
     if items_path is not None:
         items, meta_files = load_item_metadata(items_path, on_bad_line=on_bad_line, drops=drops, encoding=encoding)
         files += meta_files
+    if attribute_names_path is not None:
+        if items is None or not items["categories"].explode().drop_nulls().str.starts_with("attr:").any():
+            raise ValueError(
+                f"{attribute_names_path}: attribute names need an item2attributes file (\"attr:<id>\" categories) "
+                f"as items_path, got {items_path}"
+            )
+        items = name_attributes(items, load_attribute_names(attribute_names_path, encoding=encoding), attribute_names_path)
+        files.append(Path(attribute_names_path))
+    if item_text_path is not None:
+        tpath = Path(item_text_path)
+        text = load_item_text_json(tpath, on_bad_line=on_bad_line, drops=drops, encoding=encoding)
+        if items is None:
+            items = text
+        else:
+            items = (
+                items.select("item", "categories")
+                .join(text.select("item", "text"), on="item", how="full", coalesce=True, maintain_order="left_right")
+                .with_columns(pl.col("categories").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
+            )
+        files.append(tpath)
+        _count_items_without_text(events, text, tpath, drops)
     return RawEvents(events, items, files, drops, name or path.stem)
+
+
+def _count_items_without_text(events: pl.DataFrame, text: pl.DataFrame, tpath: Path, drops: dict[str, int]) -> None:
+    """Count and log the log's items that the item text JSON lacks (they get no text)."""
+    missing = events.select(pl.col("item").unique(maintain_order=True)).join(text.select("item"), on="item", how="anti")
+    if missing.height:
+        key = f"{tpath.name}:items_without_text"
+        drops[key] = drops.get(key, 0) + missing.height
+        log.warning(
+            "%s: %d item(s) of the log are not in the file and get no text (first: %s)",
+            tpath, missing.height, missing["item"].head(5).to_list(),
+        )
 
 
 # ============================================================================ item metadata
@@ -568,15 +705,19 @@ def load_item_metadata(
 ) -> tuple[pl.DataFrame, list[Path]]:
     """Item metadata (ITEM_SCHEMA frame) and the files read, by file type.
 
-    `*.json` -> item2attributes; `u.item` -> MovieLens 100K; `*.dat` -> movies.dat; `movies.csv`
-    (without `columns`) -> MovieLens movies.csv; any other CSV/TSV/Parquet -> `load_item_table`.
+    `*.json` -> item2attributes (`{item: [ids]}`) or item text (`{item: {title, ...}}`, by the
+    first value); `u.item` -> MovieLens 100K; `*.dat` -> movies.dat; `movies.csv` (without
+    `columns`) -> MovieLens movies.csv; any other CSV/TSV/Parquet -> `load_item_table`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: item metadata file not found")
     drops = {} if drops is None else drops
     if path.suffix.lower() == ".json":
-        return _item2attributes(path, on_bad_line, drops, encoding), [path]
+        obj = _read_json_object(path, encoding, "{item id: [attribute ids]} or {item id: {title, ...}}")
+        if obj and isinstance(next(iter(obj.values())), dict):
+            return load_item_text_json(path, on_bad_line=on_bad_line, drops=drops, obj=obj), [path]
+        return _item2attributes(path, on_bad_line, drops, encoding, obj=obj), [path]
     if path.name == "u.item":
         return _ml100k_items(path, on_bad_line, drops, encoding)
     if path.suffix.lower() == ".dat" or (path.name.lower() == "movies.csv" and columns is None):
@@ -585,14 +726,32 @@ def load_item_metadata(
     return table, [path]
 
 
-def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None = None) -> pl.DataFrame:
-    """`{"item_id": [attribute_id, ...]}` -> categories "attr:<id>", text "attributes <id> <id> ..."."""
+def _read_json_object(path: Path, encoding: str | None, layout: str) -> dict:
+    """A JSON file whose top level is an object; invalid JSON names the line."""
     try:
         obj = json.loads(read_text(path, encoding))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}, line {e.lineno}: invalid JSON: {e.msg}") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a JSON object {{item id: [attribute ids]}}, got {type(obj).__name__}")
+        raise ValueError(f"{path}: expected a JSON object {layout}, got {type(obj).__name__}")
+    return obj
+
+
+def _bad_item_key(rd: _Reader, key: str) -> bool:
+    """An empty item id or a missing-value marker: raise, or count it and return True (skip)."""
+    if not str(key).strip():
+        return rd.fail(None, "an empty item id", "bad_item")
+    if str(key).strip().lower() in MISSING_ID_MARKERS:
+        return rd.fail(None, f"item id {key!r} is a missing-value marker, not an id", "bad_item")
+    return False
+
+
+def _item2attributes(
+    path: Path, on_bad_line: str, drops: dict[str, int], encoding: str | None = None, obj: dict | None = None
+) -> pl.DataFrame:
+    """`{"item_id": [attribute_id, ...]}` -> categories "attr:<id>", text "attributes <id> <id> ..."."""
+    if obj is None:
+        obj = _read_json_object(path, encoding, "{item id: [attribute ids]}")
     rd = _Reader(path, on_bad_line, drops, unit="item")
     ids, cats, texts = [], [], []
     for key, attrs in obj.items():
@@ -600,11 +759,7 @@ def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int], encodi
             (isinstance(a, int) and not isinstance(a, bool)) or (isinstance(a, str) and a.strip().lstrip("-").isdigit())
             for a in attrs
         )
-        if not str(key).strip():
-            rd.fail(None, "an empty item id", "bad_item")
-            continue
-        if str(key).strip().lower() in MISSING_ID_MARKERS:
-            rd.fail(None, f"item id {key!r} is a missing-value marker, not an id", "bad_item")
+        if _bad_item_key(rd, key):
             continue
         if not ok:
             rd.fail(None, f"item {key!r}: attributes must be a list of integers, got {attrs!r}", "bad_attributes")
@@ -616,6 +771,169 @@ def _item2attributes(path: Path, on_bad_line: str, drops: dict[str, int], encodi
     return pl.DataFrame(
         {"item": pl.Series(ids, dtype=pl.Utf8), "categories": pl.Series(cats, dtype=pl.List(pl.Utf8)), "text": pl.Series(texts, dtype=pl.Utf8)}
     )
+
+
+# item text JSON (Beauty_item_text.json): the fields read, and the template that renders them
+ITEM_TEXT_FIELDS = ("title", "brand", "categories", "price")
+
+
+def item_text_from_fields(
+    title: str | None, brand: str | None, paths: list[list[str]], price: float | None
+) -> str | None:
+    """The item text of an item text JSON entry, fields in a fixed order, absent ones left out:
+
+        "Title: <title>. Brand: <brand>. Categories: <a > b > c>. Price: $<price, 2 decimals>"
+
+    Several category paths are joined with "; ". A value that already ends in ".", "!" or "?" gets
+    no extra ".". None when every field is missing. E.g. "Title: OPI Nail Lacquer, Simmer and
+    Shimmer, 0.5-Fluid Ounce. Brand: OPI. Categories: Beauty > Makeup > Nails > Nail Polish.
+    Price: $12.00".
+    """
+    parts = []
+    if title:
+        parts.append(f"Title: {title}")
+    if brand:
+        parts.append(f"Brand: {brand}")
+    if any(paths):
+        parts.append("Categories: " + "; ".join(" > ".join(p) for p in paths if p))
+    if price is not None:
+        parts.append(f"Price: ${price:.2f}")
+    if not parts:
+        return None
+    out = parts[0]
+    for part in parts[1:]:
+        out += (" " if out.endswith((".", "!", "?")) else ". ") + part
+    return out
+
+
+def item_text_categories(paths: list[list[str]]) -> list[str]:
+    """The categories of an item text JSON entry: every level of its category path(s) below the
+    root (the first name, e.g. "Beauty", which every item of an Amazon category file shares), in
+    path order, distinct; a path that is only a root keeps it. For Beauty these are the
+    category attributes of S3-Rec's Beauty_item2attributes.json (equal for 11,983 of the 12,101
+    items; S3-Rec left out 33 rare names and adds the brand, which is not a category here)."""
+    out: list[str] = []
+    for p in paths:
+        out += p[1:] if len(p) > 1 else p
+    return list(dict.fromkeys(out))
+
+
+def load_item_text_json(
+    path: str | Path,
+    *,
+    on_bad_line: OnBadLine = "error",
+    drops: dict[str, int] | None = None,
+    encoding: str | None = None,
+    obj: dict | None = None,
+) -> pl.DataFrame:
+    """Item text JSON -> ITEM_SCHEMA frame (text by `item_text_from_fields`, categories by
+    `item_text_categories`).
+
+    Layout: `{"<item id>": {"title": str|null, "brand": str|null, "categories": [names] (one
+    path) | [[names], ...] (several) | null, "price": number|null, ...}}`; other keys (asin,
+    sales_rank, ...) are ignored, empty strings count as missing. An entry that is not an
+    object or a field of the wrong type is a bad item (on_bad_line), named with its id.
+    """
+    path = Path(path)
+    drops = {} if drops is None else drops
+    if obj is None:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: item text file not found")
+        obj = _read_json_object(path, encoding, "{item id: {title, brand, categories, price}}")
+    rd = _Reader(path, on_bad_line, drops, unit="item")
+    ids, cats, texts = [], [], []
+    n_no_title = 0
+    for key, entry in obj.items():
+        if _bad_item_key(rd, key):
+            continue
+        parsed = _item_text_entry(entry)
+        if isinstance(parsed, str):
+            rd.fail(None, f"item {key!r}: {parsed}", "bad_item_text")
+            continue
+        title, brand, paths, price = parsed
+        n_no_title += title is None
+        ids.append(str(key).strip())
+        cats.append(item_text_categories(paths))
+        texts.append(item_text_from_fields(title, brand, paths, price))
+    if n_no_title:
+        log.info("%s: %d of %d item(s) have no title", path, n_no_title, len(ids))
+    return pl.DataFrame(
+        {"item": pl.Series(ids, dtype=pl.Utf8), "categories": pl.Series(cats, dtype=pl.List(pl.Utf8)), "text": pl.Series(texts, dtype=pl.Utf8)}
+    )
+
+
+def _item_text_entry(entry) -> tuple[str | None, str | None, list[list[str]], float | None] | str:
+    """(title, brand, category paths, price) of one entry, or what is wrong with it."""
+    if not isinstance(entry, dict):
+        return f"expected an object {{title, brand, categories, price}}, got {type(entry).__name__} {entry!r}"[:300]
+    strs = {}
+    for f in ("title", "brand"):
+        v = entry.get(f)
+        if v is not None and not isinstance(v, str):
+            return f"field '{f}' must be a string or null, got {v!r}"
+        strs[f] = v.strip() if isinstance(v, str) and v.strip() else None
+    c = entry.get("categories")
+    if c is None:
+        paths = []
+    elif isinstance(c, list) and all(isinstance(x, str) for x in c):
+        paths = [c]
+    elif isinstance(c, list) and all(isinstance(p, list) and all(isinstance(x, str) for x in p) for p in c):
+        paths = c
+    else:
+        return f"field 'categories' must be a list of names or a list of such lists, got {c!r}"
+    paths = [[x.strip() for x in p if x.strip()] for p in paths]
+    price = entry.get("price")
+    if price is not None:
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price) or price < 0:
+            return f"field 'price' must be a non-negative number or null, got {price!r}"
+        price = float(price)
+    return strs["title"], strs["brand"], paths, price
+
+
+def load_attribute_names(path: str | Path, *, encoding: str | None = None) -> dict[str, str]:
+    """Attribute id -> name from `{"<attr id>": [{"type": ..., "name": ...}, ...] | "name"}`
+    (Beauty_attribute_names.json); several names of one id are joined with " / ". A value of
+    another shape is an error naming the file and the id."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: attribute names file not found")
+    obj = _read_json_object(path, encoding, '{attribute id: [{"type", "name"}]}')
+    names: dict[str, str] = {}
+    for key, v in obj.items():
+        if isinstance(v, str):
+            got = [v]
+        elif isinstance(v, list) and all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in v):
+            got = [e["name"] for e in v]
+        else:
+            raise ValueError(f"{path}, attribute {key!r}: expected a name or a list of {{\"type\", \"name\"}}, got {v!r}")
+        got = [g.strip() for g in got if g.strip()]
+        if not str(key).strip().lstrip("-").isdigit():
+            raise ValueError(f"{path}, attribute {key!r}: attribute ids are integers")
+        if got:
+            names[str(int(key))] = " / ".join(dict.fromkeys(got))
+    return names
+
+
+def name_attributes(items: pl.DataFrame, names: dict[str, str], source: str | Path = "attribute names") -> pl.DataFrame:
+    """Replace the "attr:<id>" categories of `items` by `names[id]`; ids without a name keep
+    "attr:<id>" (logged), and a name shared by several ids becomes "<name> (attr <id>)"
+    for each of them, so the category sets stay exactly those of the attribute file."""
+    by_name: dict[str, list[str]] = {}
+    for k, v in names.items():
+        by_name.setdefault(v, []).append(k)
+    shared = {v for v, ks in by_name.items() if len(ks) > 1}
+    if shared:
+        log.warning("%s: %d name(s) belong to several attribute ids; those become '<name> (attr <id>)'", source, len(shared))
+    used = {c for cs in items["categories"].to_list() for c in cs if c.startswith("attr:")}
+    unnamed = sorted((c for c in used if c[len("attr:"):] not in names), key=lambda c: (len(c), c))
+    if unnamed:
+        log.warning("%s: %d attribute id(s) have no name and stay 'attr:<id>': %s", source, len(unnamed), unnamed[:10])
+    mapping = {}
+    for c in used:
+        n = names.get(c[len("attr:"):])
+        if n is not None:
+            mapping[c] = f"{n} (attr {c[len('attr:'):]})" if n in shared else n
+    return items.with_columns(pl.col("categories").list.eval(pl.element().replace(mapping)))
 
 
 def load_item_table(

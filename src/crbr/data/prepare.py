@@ -9,8 +9,18 @@ Processed datasets are cached under `cache_dir` (default `$CRBR_CACHE`, else `~/
 `<name>-<key>/`, written atomically by `SequenceDataset.save`. The key is a sha256 of the
 dataset FORMAT_VERSION, this module's PREPARE_VERSION, the JSON of every setting that changes
 the result (format, columns, on_bad_line, preprocess; not the paths, cache settings or root),
-and the name and full contents of every source file (hashed in 1 MiB chunks) — so editing one
-byte of a file or one setting rebuilds, and moving the files does not.
+and the name and full contents of every source file (hashed in 1 MiB chunks; the optional
+item text, attribute names and ratings files also with their role) — so editing one byte of a
+file, one setting or adding one of those files rebuilds, and moving the files does not.
+
+Presets with the files the generative path needs (../shared/data, see each SOURCE.md):
+"Beauty" reads the item text JSON (titles, brands, category paths, prices; the item text is
+`loaders.item_text_from_fields`) and names the S3-Rec attribute categories
+(Beauty_attribute_names.json), so its categories are the item sets of Beauty_item2attributes.json
+as before, under their names; "Beauty-attributes" is Beauty as it was before (categories
+"attr:<id>", text "attributes <id> ..."). "ml-1m-ratings" is "ml-1m" with the parallel ratings
+file (like / neutral / dislike actions; the same item sequences, "ml-1m" keeps its single
+"interact" action). "taobao-userbehavior-head84k" is the 84,475-row head of Taobao UserBehavior.
 """
 
 from __future__ import annotations
@@ -56,6 +66,14 @@ class DatasetPreset:
     items_path: str | None = None
     actions: list[str] | None = None
     description: str = ""
+    item_text_path: str | None = None
+    attribute_names_path: str | None = None
+    ratings_path: str | None = None
+
+
+# the optional file settings of DataConfig / DatasetPreset beside path and items_path
+EXTRA_FILES = ("item_text_path", "attribute_names_path", "ratings_path")
+EXTRA_FILE_FORMATS = {"sequences": EXTRA_FILES, "pairs": ("item_text_path", "attribute_names_path")}
 
 
 KNOWN_DATASETS: dict[str, DatasetPreset] = {
@@ -64,13 +82,30 @@ KNOWN_DATASETS: dict[str, DatasetPreset] = {
         "sequences", "ml-1m/ml-1m_seq.txt", "ml-1m/movies.dat", None,
         "MovieLens 1M per-user sequences (order only), titles + genres from movies.dat",
     ),
-    "Beauty": DatasetPreset("sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None, "Amazon Beauty 5-core (S3-Rec)"),
+    "ml-1m-ratings": DatasetPreset(
+        "sequences", "ml-1m/ml-1m_seq.txt", "ml-1m/movies.dat", None,
+        "ml-1m with ratings (ml-1m_seq_ratings.txt): like / neutral / dislike, 6 unknown as interact",
+        ratings_path="ml-1m/ml-1m_seq_ratings.txt",
+    ),
+    "Beauty": DatasetPreset(
+        "sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None,
+        "Amazon Beauty 5-core (S3-Rec): text = title, brand, category path, price; named attribute categories",
+        item_text_path="Beauty/Beauty_item_text.json", attribute_names_path="Beauty/Beauty_attribute_names.json",
+    ),
+    "Beauty-attributes": DatasetPreset(
+        "sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None,
+        "Amazon Beauty 5-core (S3-Rec), attribute ids only (categories attr:<id>, text 'attributes <id> ...')",
+    ),
     "Yelp": DatasetPreset("sequences", "Yelp/Yelp.txt", "Yelp/Yelp_item2attributes.json", None, "Yelp (S3-Rec)"),
     "LastFM": DatasetPreset("sequences", "LastFM/LastFM.txt", "LastFM/LastFM_item2attributes.json", None, "LastFM hetrec-2k (S3-Rec)"),
     "ml-latest-small": DatasetPreset("movielens", "ml-latest-small/ratings.csv", None, None, "MovieLens latest-small ratings"),
     "taobao-userbehavior-sample": DatasetPreset(
         "taobao", "taobao-userbehavior-sample/UserBehavior_head.csv", None, list(TAOBAO_ACTIONS),
         "first 4,321 rows of Taobao UserBehavior (pv/cart/fav/buy)",
+    ),
+    "taobao-userbehavior-head84k": DatasetPreset(
+        "taobao", "taobao-userbehavior-head84k/UserBehavior_head84k.csv", None, list(TAOBAO_ACTIONS),
+        "first 84,475 rows of Taobao UserBehavior (pv/cart/fav/buy; the last user, 100370, is cut off)",
     ),
 }  # fmt: skip
 
@@ -106,7 +141,15 @@ class DataConfig:
     name:         dataset name (recorded in ds.info; selects a KNOWN_DATASETS preset when format is None)
     format:       one of FORMATS, or None = the preset of `name` ("synthetic" when name == "synthetic")
     path:         events file (or the MovieLens 100K directory); relative to `root` for presets
-    items_path:   item metadata: item2attributes .json, movies.dat/.csv, u.item or an item table
+    items_path:   item metadata: item2attributes .json, item text .json, movies.dat/.csv, u.item
+                  or an item table
+    item_text_path:       formats sequences / pairs: an item text JSON (`{item: {title, brand,
+                  categories, price}}`) giving the item text; its category paths are the
+                  categories only without items_path (loaders.load_item_text_json)
+    attribute_names_path: formats sequences / pairs: names of the "attr:<id>" categories of an
+                  item2attributes items_path (loaders.load_attribute_names)
+    ratings_path: format sequences: per-event ratings parallel to the sequence file (`user r1 r2
+                  ...` per line; ratings -> like / neutral / dislike by preprocess.rating_thresholds)
     root:         folder of the known datasets (default: default_data_root())
     columns:      ColumnMap for format "table"
     item_columns: ItemColumnMap for a generic item table
@@ -123,6 +166,9 @@ class DataConfig:
     format: str | None = None
     path: str | None = None
     items_path: str | None = None
+    item_text_path: str | None = None
+    attribute_names_path: str | None = None
+    ratings_path: str | None = None
     root: str | None = None
     columns: ColumnMap = field(default_factory=ColumnMap)
     item_columns: ItemColumnMap | None = None
@@ -144,6 +190,7 @@ class DataConfig:
         pre = overrides.pop("preprocess", None) or PreprocessConfig()
         if pre.actions is None and p.actions is not None:
             pre = dataclasses.replace(pre, actions=list(p.actions))
+        extra = {k: overrides.pop(k, None) or (str(base / getattr(p, k)) if getattr(p, k) else None) for k in EXTRA_FILES}
         return cls(
             name=key,
             format=p.format,
@@ -151,6 +198,7 @@ class DataConfig:
             items_path=str(base / p.items_path) if p.items_path else None,
             root=str(base),
             preprocess=pre,
+            **extra,
             **overrides,
         )
 
@@ -162,11 +210,12 @@ class DataConfig:
                 cfg = dataclasses.replace(cfg, format="synthetic")
             elif find_preset(cfg.name) is not None:
                 fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-                for k in ("name", "root", "format", "path", "items_path"):
+                for k in ("name", "root", "format", "path", "items_path", *EXTRA_FILES):
                     fields.pop(k)
                 p = DataConfig.preset(cfg.name, cfg.root, **fields)
                 cfg = dataclasses.replace(
-                    p, path=cfg.path or p.path, items_path=cfg.items_path or p.items_path
+                    p, path=cfg.path or p.path, items_path=cfg.items_path or p.items_path,
+                    **{k: getattr(cfg, k) or getattr(p, k) for k in EXTRA_FILES},
                 )
             else:
                 raise ValueError(
@@ -177,32 +226,43 @@ class DataConfig:
             raise ValueError(f"data.format: unknown format {cfg.format!r}; expected one of {FORMATS}")
         if cfg.format != "synthetic" and not cfg.path:
             raise ValueError(f"data.path: format {cfg.format!r} needs a path")
+        unread = [k for k in EXTRA_FILES if getattr(cfg, k) and k not in EXTRA_FILE_FORMATS.get(cfg.format, ())]
+        if unread:
+            takers = [f for f, ks in EXTRA_FILE_FORMATS.items() if unread[0] in ks]
+            raise ValueError(f"data.{unread[0]}: format {cfg.format!r} does not read it (format {' / '.join(takers)} does)")
         return cfg
 
     def settings(self) -> dict[str, Any]:
         """The settings that determine the processed result (for the cache key and ds.info)."""
         d = dataclasses.asdict(self)
-        for k in ("path", "items_path", "root", "cache_dir", "use_cache"):
+        for k in ("path", "items_path", *EXTRA_FILES, "root", "cache_dir", "use_cache"):
             d.pop(k)
         return d
 
 
 def source_files(cfg: DataConfig) -> list[Path]:
     """The files `load_raw(cfg)` reads (events file first); raises if a required one is missing."""
+    return [f for _, f in _source_roles(cfg)]
+
+
+def _source_roles(cfg: DataConfig) -> list[tuple[str, Path]]:
+    """(role, file) of every file `load_raw(cfg)` reads; role "" for the events and metadata
+    files (hashed as before), else the DataConfig field of the file."""
     cfg = cfg.resolved()
     if cfg.format == "synthetic":
         return []
     path = Path(cfg.path).expanduser()
     if cfg.format == "ml-100k":
-        files = [path / "u.data"] + [path / n for n in ("u.item", "u.genre") if (path / n).is_file()]
+        files = [("", path / "u.data")] + [("", path / n) for n in ("u.item", "u.genre") if (path / n).is_file()]
     else:
-        files = [path]
+        files = [("", path)]
         if cfg.items_path:
             ip = Path(cfg.items_path).expanduser()
-            files.append(ip)
+            files.append(("", ip))
             if ip.name == "u.item" and (ip.parent / "u.genre").is_file():
-                files.append(ip.parent / "u.genre")
-    for f in files:
+                files.append(("", ip.parent / "u.genre"))
+    files += [(k, Path(getattr(cfg, k)).expanduser()) for k in EXTRA_FILES if getattr(cfg, k)]
+    for _, f in files:
         if not f.is_file():
             hint = ""
             if find_preset(cfg.name) is not None:
@@ -223,8 +283,8 @@ def cache_key(cfg: DataConfig) -> str:
     h = hashlib.sha256()
     h.update(f"crbr-dataset format={FORMAT_VERSION} prepare={PREPARE_VERSION}\n".encode())
     h.update(json.dumps(cfg.settings(), sort_keys=True, default=str).encode())
-    for f in source_files(cfg):
-        h.update(f"\nfile {f.name} {f.stat().st_size}\n".encode())
+    for role, f in _source_roles(cfg):
+        h.update(f"\nfile {role + ' ' if role else ''}{f.name} {f.stat().st_size}\n".encode())
         _hash_file(h, f)
     return h.hexdigest()
 
@@ -243,6 +303,7 @@ def load_raw(cfg: DataConfig) -> RawEvents:
     kw = {"on_bad_line": cfg.on_bad_line, "name": cfg.name, "encoding": cfg.encoding}
     path = Path(cfg.path).expanduser()
     items = Path(cfg.items_path).expanduser() if cfg.items_path else None
+    extra = {k: Path(getattr(cfg, k)).expanduser() for k in EXTRA_FILES if getattr(cfg, k)}
     if cfg.format == "ml-100k":
         if items is not None:
             raise ValueError("data.items_path: format 'ml-100k' reads u.item from its directory")
@@ -250,9 +311,9 @@ def load_raw(cfg: DataConfig) -> RawEvents:
     if cfg.format == "movielens":
         return load_movielens(path, items, **kw)
     if cfg.format == "sequences":
-        return load_sequences(path, items_path=items, **kw)
+        return load_sequences(path, items_path=items, **extra, **kw)
     if cfg.format == "pairs":
-        return load_pairs(path, items_path=items, **kw)
+        return load_pairs(path, items_path=items, **extra, **kw)
     if cfg.format == "table":
         return load_table(path, cfg.columns, items_path=items, item_columns=cfg.item_columns, **kw)
     if cfg.format == "taobao":
