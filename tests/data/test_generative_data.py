@@ -224,14 +224,14 @@ def test_config_settings_change_the_cache_key(tmp_path):
 
 
 def test_presets_name_the_new_files(tmp_path):
-    b = DataConfig.preset("Beauty", root=tmp_path)
+    b = DataConfig.preset("Beauty-text", root=tmp_path)
     assert b.item_text_path == str(tmp_path / "Beauty" / "Beauty_item_text.json")
     assert b.attribute_names_path == str(tmp_path / "Beauty" / "Beauty_attribute_names.json")
-    assert DataConfig.preset("Beauty-attributes", root=tmp_path).item_text_path is None
+    assert DataConfig.preset("Beauty", root=tmp_path).item_text_path is None
     m = DataConfig(name="ml-1m-ratings", root=str(tmp_path)).resolved()
     assert m.ratings_path == str(tmp_path / "ml-1m" / "ml-1m_seq_ratings.txt") and m.format == "sequences"
     assert DataConfig.preset("ml-1m", root=tmp_path).ratings_path is None
-    own = DataConfig(name="Beauty", root=str(tmp_path), item_text_path="mine.json").resolved()
+    own = DataConfig(name="Beauty-text", root=str(tmp_path), item_text_path="mine.json").resolved()
     assert own.item_text_path == "mine.json" and own.attribute_names_path == b.attribute_names_path
     t = DataConfig.preset("taobao-userbehavior-head84k", root=tmp_path)
     assert t.format == "taobao" and t.preprocess.actions == ["pv", "cart", "fav", "buy"]
@@ -243,8 +243,8 @@ def test_presets_name_the_new_files(tmp_path):
 @needs_shared
 @pytest.mark.shared
 def test_shared_beauty_text_names_and_letter_ids(tmp_path):
-    ds = prepare(DataConfig.preset("Beauty", root=SHARED, cache_dir=str(tmp_path)))
-    old = prepare(DataConfig.preset("Beauty-attributes", root=SHARED, cache_dir=str(tmp_path)))
+    ds = prepare(DataConfig.preset("Beauty-text", root=SHARED, cache_dir=str(tmp_path)))
+    old = prepare(DataConfig.preset("Beauty", root=SHARED, cache_dir=str(tmp_path)))
     assert (ds.n_users, ds.n_items, ds.n_events, ds.n_categories) == (22363, 12101, 198502, 637)
     assert np.array_equal(ds.items, old.items) and list(ds.item_ids) == list(old.item_ids)
     i = list(ds.item_ids).index("1")

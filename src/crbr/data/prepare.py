@@ -14,11 +14,11 @@ item text, attribute names and ratings files also with their role) — so editin
 file, one setting or adding one of those files rebuilds, and moving the files does not.
 
 Presets with the files the generative path needs (../shared/data, see each SOURCE.md):
-"Beauty" reads the item text JSON (titles, brands, category paths, prices; the item text is
+"Beauty-text" reads the item text JSON (titles, brands, category paths, prices; the item text is
 `loaders.item_text_from_fields`) and names the S3-Rec attribute categories
 (Beauty_attribute_names.json), so its categories are the item sets of Beauty_item2attributes.json
-as before, under their names; "Beauty-attributes" is Beauty as it was before (categories
-"attr:<id>", text "attributes <id> ..."). "ml-1m-ratings" is "ml-1m" with the parallel ratings
+under their names; "Beauty" stays as it was (categories "attr:<id>", text "attributes <id> ..."),
+so checkpoints trained on it keep the inputs they were trained on. "ml-1m-ratings" is "ml-1m" with the parallel ratings
 file (like / neutral / dislike actions; the same item sequences, "ml-1m" keeps its single
 "interact" action). "taobao-userbehavior-head84k" is the 84,475-row head of Taobao UserBehavior.
 """
@@ -89,12 +89,12 @@ KNOWN_DATASETS: dict[str, DatasetPreset] = {
     ),
     "Beauty": DatasetPreset(
         "sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None,
+        "Amazon Beauty 5-core (S3-Rec), attribute ids only (categories attr:<id>, text 'attributes <id> ...')",
+    ),
+    "Beauty-text": DatasetPreset(
+        "sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None,
         "Amazon Beauty 5-core (S3-Rec): text = title, brand, category path, price; named attribute categories",
         item_text_path="Beauty/Beauty_item_text.json", attribute_names_path="Beauty/Beauty_attribute_names.json",
-    ),
-    "Beauty-attributes": DatasetPreset(
-        "sequences", "Beauty/Beauty.txt", "Beauty/Beauty_item2attributes.json", None,
-        "Amazon Beauty 5-core (S3-Rec), attribute ids only (categories attr:<id>, text 'attributes <id> ...')",
     ),
     "Yelp": DatasetPreset("sequences", "Yelp/Yelp.txt", "Yelp/Yelp_item2attributes.json", None, "Yelp (S3-Rec)"),
     "LastFM": DatasetPreset("sequences", "LastFM/LastFM.txt", "LastFM/LastFM_item2attributes.json", None, "LastFM hetrec-2k (S3-Rec)"),
