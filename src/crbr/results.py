@@ -36,16 +36,28 @@ SCHEMA_VERSION = 1
 # Suites in the order RESULTS.md shows them, with their section titles; other suites follow,
 # alphabetically, under their own names.
 SUITES = {
-    "sasrec": "SASRec (`crbr train`, benchmarks/run_sasrec.py)",
-    "recbole_side_by_side": "SASRec against RecBole 1.2.1 (benchmarks/recbole_side_by_side.py)",
-    "towers": "User towers: Q-Former, PinnerFormer, Retrieval A (benchmarks/run_towers.py)",
-    "crbr": "CRBR against Retrieval A and SASRec (benchmarks/bench_crbr.py)",
-    "residual": "Residual-enhancement mixture (benchmarks/run_residual.py)",
+    "sasrec": "SASRec (`crbr train`, `python -m benchmarks sasrec`)",
+    "recbole_side_by_side": "SASRec against RecBole 1.2.1 (`python -m benchmarks recbole_side_by_side`)",
+    "towers": "User towers: Q-Former, PinnerFormer, Set-Transformer retriever (`python -m benchmarks towers`)",
+    "crbr": "CRBR against the Set-Transformer retriever and SASRec (`python -m benchmarks crbr`)",
+    "residual": "Residual-enhancement mixture (`python -m benchmarks residual`)",
     "quickstart": "Quickstart pipeline (`crbr quickstart`)",
-    "ann": "ANN indexes against exact search (benchmarks/bench_ann.py)",
-    "eval_memory": "Evaluation memory (benchmarks/bench_eval_memory.py)",
-    "qformer_efficiency": "Q-Former against self-attention: time and memory (benchmarks/bench_qformer_efficiency.py)",
+    "ann": "ANN indexes against exact search (`python -m benchmarks ann`)",
+    "eval_memory": "Evaluation memory (`python -m benchmarks eval_memory`)",
+    "qformer_efficiency": "Q-Former against self-attention: time and memory (`python -m benchmarks qformer_efficiency`)",
 }
+
+# Readable names of models in the rendered tables, for records whose model name needs one (a record
+# keeps the name the run measured under; names with the same label share a headline row).
+MODEL_LABELS = {
+    "set_transformer": "Set-Transformer retriever",
+    "two_tower": "Set-Transformer retriever",  # the registry's old name of set_transformer
+}
+
+
+def model_label(name: str) -> str:
+    """The name a rendered table shows for the model `name` (MODEL_LABELS, else the name itself)."""
+    return MODEL_LABELS.get(name, name)
 
 HEADLINE_METRICS = ("HR@10", "NDCG@10", "Recall@50")
 
@@ -438,12 +450,13 @@ def record_from_results_json(path: str | os.PathLike, suite: str, command: str, 
 def headline_records(records: Iterable[ResultRecord]) -> list[ResultRecord]:
     """One record per (dataset, model) among those with a ranking metric (HR@10, NDCG@10,
     Recall@50 or HR@50): the one marked `headline` (two marked for one pair is an error), else
-    the most recent (then the one with more seeds, then the first by file name). Sorted by
+    the most recent (then the one with more seeds, then the first by file name). Models with the
+    same label (`model_label`, e.g. a model's old and new registry names) count as one. Sorted by
     dataset, then model."""
     by_pair: dict[tuple[str, str], list[ResultRecord]] = {}
     for r in sorted(records, key=record_filename):
         if any(m in r.metrics or m in r.metrics_per_seed for m in (*HEADLINE_METRICS, "HR@50")):
-            by_pair.setdefault((r.dataset, r.model), []).append(r)
+            by_pair.setdefault((r.dataset, model_label(r.model)), []).append(r)
     rows = []
     for (dataset, model), rs in by_pair.items():
         marked = [r for r in rs if r.headline]
@@ -451,7 +464,7 @@ def headline_records(records: Iterable[ResultRecord]) -> list[ResultRecord]:
             names = ", ".join(record_filename(r) for r in marked)
             raise RecordError(f"{names}: field 'headline': {len(marked)} records marked for ({dataset}, {model})")
         rows.append(marked[0] if marked else max(rs, key=lambda r: (r.date, len(r.seeds), -rs.index(r))))
-    return sorted(rows, key=lambda r: (r.dataset.lower(), r.model.lower()))
+    return sorted(rows, key=lambda r: (r.dataset.lower(), model_label(r.model).lower()))
 
 
 def render_results_md(records: Iterable[ResultRecord], records_link: str = "results") -> str:
@@ -470,7 +483,7 @@ def render_results_md(records: Iterable[ResultRecord], records_link: str = "resu
         "Ranking metrics are test metrics of the best-validation checkpoint under full ranking over the whole "
         "catalogue (no sampled negatives), ties broken by lower item id; a value with ± is the mean ± sample "
         "standard deviation over the seeds. Records marked *backfilled* were reconstructed from the research log "
-        "(the section named as their source).",
+        "(docs/research-log.md, the section named as their source).",
         "",
         "## Headline",
         "",
@@ -497,7 +510,7 @@ def _headline_table(records: list[ResultRecord]) -> list[str]:
     for r in rows:
         masked = {True: "masked", False: "not masked", None: "–"}[r.protocol.history_masked]
         variant = f" ({r.variant})" if r.variant else ""
-        lines.append(f"| {r.dataset} | {r.model}{variant} | {_metric(r, 'HR@10')} | {_metric(r, 'NDCG@10')} | "
+        lines.append(f"| {r.dataset} | {model_label(r.model)}{variant} | {_metric(r, 'HR@10')} | {_metric(r, 'NDCG@10')} | "
                      f"{_recall50(r)} | {masked} | {_seeds(r.seeds)} | [{r.suite}](#{_anchor(r)}) |")
     return lines
 
@@ -517,7 +530,7 @@ def _suite_section(records: list[ResultRecord], records_link: str) -> list[str]:
         "|---|---|---|" + "---|" * len(names) + "---|---|",
     ]
     for r in records:
-        cells = [r.dataset, f"[{r.model}](#{_anchor(r)})", r.variant or "–", *(_metric(r, m) for m in names),
+        cells = [r.dataset, f"[{model_label(r.model)}](#{_anchor(r)})", r.variant or "–", *(_metric(r, m) for m in names),
                  _seeds(r.seeds), r.date]
         lines.append("| " + " | ".join(cells) + " |")
     for r in records:
@@ -528,10 +541,11 @@ def _suite_section(records: list[ResultRecord], records_link: str) -> list[str]:
 def _details(r: ResultRecord, records_link: str) -> list[str]:
     tags = [t for t in ("headline" if r.headline else "", "backfilled" if r.backfilled else "") if t]
     lines = [
-        f'<a id="{_anchor(r)}"></a>**{r.dataset} / {r.model}' + (f" ({r.variant})" if r.variant else "") + "**"
+        f'<a id="{_anchor(r)}"></a>**{r.dataset} / {model_label(r.model)}' + (f" ({r.variant})" if r.variant else "") + "**"
         + (f" ({', '.join(tags)})" if tags else "")
         + f" · [{record_filename(r)}]({records_link}/{record_filename(r)})",
         "",
+        *([f"- model: `{r.model}`"] if model_label(r.model) != r.model else []),
         f"- protocol: {r.protocol.line}",
         f"- command: `{r.command}`",
         f"- machine: {r.machine.describe()}; code {r.code_version}; {r.date}",
