@@ -21,8 +21,16 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
+# the headline benchmark suites (hours on a CPU; each writes its records into benchmarks/results/ and
+# regenerates benchmarks/RESULTS.md; `$(BIN)/python -m benchmarks --list` shows every suite)
 bench: install
-	$(BIN)/python benchmarks/run_sasrec.py
+	$(BIN)/python -m benchmarks sasrec
+	$(BIN)/python -m benchmarks towers
+	$(BIN)/python -m benchmarks crbr
+	$(BIN)/python -m benchmarks residual
+	$(BIN)/python -m benchmarks ann
+	$(BIN)/python -m benchmarks eval_memory
+	$(BIN)/python -m benchmarks qformer_efficiency
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

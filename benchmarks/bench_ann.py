@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Recall@100 and queries/second of the crbr.index kinds against exact brute force.
 
-usage: python benchmarks/bench_ann.py [--data mixture|sphere] [--items 1000000] [--dim 64]
-                                      [--queries 5000] [--threads 1] [--quick] [--write]
+usage: python -m benchmarks ann [--data mixture|sphere] [--items 1000000] [--dim 64]
+                               [--queries 5000] [--threads 1] [--quick]
 
 Data: a synthetic catalogue, L2-normalised (unit-norm item embeddings, as PinnerFormer's), items
 = ids 1..items (row 0 = padding, as crbr indexes expect); queries are fresh draws from the same
@@ -20,29 +20,25 @@ against `ExactIndex` (ties with the 100th exact score count as hits). The exact 
 the speed-up column is the faster of ExactIndex (torch) and FAISS IndexFlatIP, timed in the
 same run. Bar: recall@100 >= 0.95 at >= 10x the exact queries/second for at least one index.
 
---write puts the table into benchmarks/RESULTS.md between the bench_ann markers (replacing
-that section, or appending it at the end).
+Writes one record per index kind (suite "ann", dataset e.g. "mixture-1M-x64", variant = its
+settings): the fastest setting that meets the bar, else the one with the highest recall; a rerun
+removes the records of the same index at other settings. A --quick run writes no records unless
+--records is given. The full table goes to the report OUT/ann_<data>.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import gc
 import os
-import re
 import resource
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-BEGIN, END = "<!-- bench_ann:begin -->", "<!-- bench_ann:end -->"
+from ._common import (RECORDS, add_output_args, code_version, command_line, human, machine_line, parser, publish, with_tag,
+                      write_report)
 
 
 def mixture(n: int, d: int, centres: np.ndarray, sigma: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +56,9 @@ def rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("ann", __doc__)
     ap.add_argument("--data", choices=["mixture", "sphere"], default="mixture")
     ap.add_argument("--items", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=64)
@@ -76,9 +73,12 @@ def main() -> None:
     ap.add_argument("--pq-m", type=int, default=16, help="IVF-PQ sub-quantizers (8 bits each)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="100k items, 1000 queries, fewer settings: a smoke run")
-    ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     ap.add_argument("--note", default="", help="a sentence on the machine's load, written with the results")
-    a = ap.parse_args()
+    add_output_args(ap, "ann")
+    ap.set_defaults(records=None)
+    a = ap.parse_args(argv)
+    if a.records is None:
+        a.records = "" if a.quick else str(RECORDS)
     if a.quick:
         a.items, a.queries, a.nlist = min(a.items, 100_000), min(a.queries, 1000), min(a.nlist, 512)
 
@@ -87,12 +87,12 @@ def main() -> None:
     import faiss
     import torch
 
-    from _common import machine_line
     from crbr.index import IndexConfig, build_index, recall_at_k
 
     faiss.omp_set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
 
+    code_version()  # the code that runs, taken at the start
     t0 = time.perf_counter()
     rng = np.random.default_rng(a.seed)
     centres = rng.standard_normal((a.clusters if a.data == "mixture" else 1, a.dim), dtype=np.float32)
@@ -182,13 +182,13 @@ def main() -> None:
     total = time.perf_counter() - t0
     print(f"\nbar (recall@{a.k} >= 0.95 at >= 10x exact q/s): {verdict}; total {total / 60:.1f} min, peak RSS {rss_gib():.2f} GiB")
 
-    argv, skip = [], False
-    for x in sys.argv[1:]:  # the command as run, without --write and the --note text
-        if skip or x == "--write" or x.startswith("--note"):
+    shown, skip = [], False
+    for x in argv:  # the command as run, without the --note text
+        if skip or x.startswith("--note"):
             skip = x == "--note"
             continue
-        argv.append(x)
-    cmd = shlex.join(["python", "benchmarks/bench_ann.py", *argv])
+        shown.append(x)
+    cmd = command_line("ann", shown)
     data_line = (f"Gaussian mixture, {a.clusters} centres ~ N(0, I), item = centre + N(0, {a.sigma}² I), L2-normalised "
                  f"({own:.1%} of a query's exact top-{a.k} lie in the query's own cluster, which IVF's k-means lists "
                  "find easily)" if a.data == "mixture" else "isotropic N(0, I) L2-normalised (uniform on the sphere, no clusters)")
@@ -201,7 +201,7 @@ def main() -> None:
         f"<!-- bench_ann:run {a.data} -->",
         f"### {a.data}: {a.items:,} items x {a.dim} ({dt.date.today().isoformat()})",
         "",
-        f"`{cmd.strip()}` (`benchmarks/bench_ann.py`), faiss-cpu {faiss.__version__}, torch {torch.__version__}.",
+        f"`{cmd}`, faiss-cpu {faiss.__version__}, torch {torch.__version__}.",
         "",
         f"- **Data**: {data_line}; {a.items:,} items (ids 1..{a.items:,}), {a.queries:,} queries drawn from the same "
         f"distribution (seed {a.seed}). Inner product, k = {a.k}.",
@@ -219,33 +219,49 @@ def main() -> None:
         f"Bar (recall@{a.k} >= 0.95 at >= 10x the exact search's queries/second, batched, one index type): {verdict}.",
     ])
     print("\n" + block)
-    if a.write:
-        write_block(ROOT / "benchmarks" / "RESULTS.md", a.data, block)
+    write_report(a.out, f"ann_{a.data}", block)
+    protocol = (f"{a.queries:,} queries from the items' distribution (FAISS flat: the first {min(a.queries, 1000):,}), "
+                f"one batched search after a 100-query warm-up, inner product, k = {a.k}; recall@{a.k} against "
+                f"ExactIndex, an item tied with the {a.k}th exact score counting as a hit")
+    dataset = f"{a.data}-{human(a.items)}-x{a.dim}"
+    recs = records(rows, dataset, protocol, cmd, a, faiss.__version__, exact_qps)
+    publish(recs, a, replaces=lambda r: r.suite == "ann" and r.dataset == dataset)
+    return 0
 
 
-def write_block(path: Path, data: str, block: str) -> None:
-    """Put this run's block into the bench_ann section of RESULTS.md (one block per --data kind,
-    the others kept); the section replaces the old one in place or is appended at the end."""
-    text = path.read_text()  # re-read right before writing: others edit this file too
-    blocks: dict[str, str] = {}
-    m = re.search(re.escape(BEGIN) + "(.*?)" + re.escape(END), text, flags=re.S)
-    if m:
-        for part in re.split(r"(?=<!-- bench_ann:run \w+ -->)", m.group(1)):
-            k = re.match(r"<!-- bench_ann:run (\w+) -->", part)
-            if k:
-                blocks[k.group(1)] = part.strip()
-    blocks[data] = block
-    section = "\n".join([BEGIN, "## ANN indexes vs exact search (`benchmarks/bench_ann.py`)", "",
-                         "\n\n".join(blocks[k] for k in sorted(blocks)), END])
-    if m:
-        text = text[: m.start()] + section + text[m.end() :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    tmp = path.with_name(path.name + ".bench_ann.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # atomic
-    print(f"wrote {path}")
+def settings_slug(settings: str) -> str:
+    """ "M=16 efC=100 efSearch=100" -> "M16-efC100-efS100"; "nlist=2048 m=16x8b nprobe=8" -> "nlist2048-m16x8b-nprobe8"."""
+    return "-".join(p.replace("=", "").replace("efSearch", "efS") for p in settings.split())
+
+
+def records(rows: list[dict], dataset: str, protocol: str, cmd: str, a, faiss_version: str, exact_qps: float) -> list:
+    """One record per index kind: its fastest setting meeting recall >= 0.95 at >= 10x exact, else
+    its highest recall (the exact index: its one row)."""
+    from crbr.results import Protocol, ResultRecord, machine_info
+
+    machine = machine_info(a.threads)
+    machine.software += f", faiss-cpu {faiss_version}"
+    out = []
+    for kind in dict.fromkeys(r["index"] for r in rows):
+        if kind == "flat":  # the second exact baseline: in the speed-up's denominator only
+            continue
+        rs = [r for r in rows if r["index"] == kind]
+        ok = [r for r in rs if r["recall"] >= 0.95 and r["speedup"] >= 10]
+        best = max(ok, key=lambda r: r["speedup"]) if ok else max(rs, key=lambda r: (r["recall"], r["qps"]))
+        why = ("the fastest setting of this index that meets the bar (recall@{k} >= 0.95 at >= 10x exact)" if ok else
+               "no setting of this index meets the bar; the one with the highest recall")
+        out.append(ResultRecord(
+            suite="ann", dataset=dataset, model=kind, variant=with_tag("" if kind == "exact" else settings_slug(best["settings"]), a.tag),
+            protocol=Protocol(line=protocol), config={"settings": best["settings"], "items": a.items, "dim": a.dim,
+                                                      "queries": a.queries, "k": a.k, "data": a.data},
+            command=cmd, code_version=code_version(), machine=machine, seeds=[a.seed],
+            metrics={f"recall@{a.k}": round(best["recall"], 4), "queries_per_s": round(best["qps"]),
+                     "x_exact": round(best["speedup"], 1), "size_mib": round(best["bytes"] / 2**20, 1)},
+            timings={"build_s": round(best["build_s"], 1)}, date=dt.date.today().isoformat(),
+            notes=(f"{best['settings']}: {why.format(k=a.k)}. x_exact = queries/s over the faster exact method "
+                   f"({exact_qps:,.0f} q/s). Every setting measured is in the report." + (f" {a.note}" if a.note else ""))))
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,9 +1,11 @@
-"""CRBR vs Retrieval A vs SASRec in one run: quality, interest coverage and retrieval latency.
+"""CRBR vs the Set-Transformer retriever vs SASRec in one run: quality, interest coverage and
+retrieval latency.
 
-usage: python benchmarks/bench_crbr.py [--dataset synthetic|ml-1m|Beauty] [--threads 2] [--minutes 10] [--split-k 1]
+usage: python -m benchmarks crbr [--dataset synthetic|ml-1m|Beauty] [--threads 2] [--minutes 10] [--split-k 1]
 
-Trains, in this process and through the generic trainer, SASRec, the Q-Former (Task A + B),
-Retrieval A (SAB + PMA over the frozen Q-Former) and CRBR over Retrieval A (reusing a stage's
+Trains, in this process and through the generic trainer, SASRec, the Q-Former (Task A + B), the
+Set-Transformer retriever ("Retrieval A": SAB + PMA over the frozen Q-Former; stage two_tower)
+and CRBR over Retrieval A (reusing a stage's
 checkpoint when its run directory already holds results.json), then evaluates each on the test
 split with full ranking (history masked on real data, as the published SASRec numbers):
 leave-one-out by default; `--split-k K` holds out each user's last K events as test targets (and
@@ -17,14 +19,15 @@ counts how many of a user's next K items (often from several interests) are retr
 
 Latency: 1024 users end to end on an HNSW index over the item vectors — Retrieval A (tower +
 pooling + one search) and CRBR (tower + pooling + beam search B=4 + 4 searches + merge) —
-median of 5 runs each, measured side by side. Writes a section between the bench_crbr markers
-of benchmarks/RESULTS.md.
+median of 5 runs each, measured side by side. Writes one record per model (suite "crbr"; CRBR
+with the per-path quota as variant "quota"; --tag and --split-k K > 1 add to the variant) and the
+report OUT/<dataset>[_kK]/bench[_TAG].md beside bench[_TAG].json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_section  # noqa: E402
+from crbr.analysis import code_usage, recall_multi
 
-ROOT = Path(__file__).resolve().parents[1]
+from ._common import (ROOT, add_data_arg, add_output_args, command_line, data_root, machine_line, parser, publish,
+                      relpath, with_tag, write_report)
 
 SYNTHETIC = {"seed": 0, "n_users": 4000, "n_items": 4000, "n_categories": 60, "min_interests": 1, "max_interests": 5}
 
@@ -66,17 +69,16 @@ def split_settings(k: int) -> dict:
 
 def run_stage(name, model, train, data, out: Path, threads: int, ds, split, split_k: int = 1):
     from crbr.config import ExperimentConfig, from_dict
-    from crbr.models import build_model
-    from crbr.train.checkpoint import load_model_from_checkpoint
+    from crbr.models import build_model, load_model
     from crbr.train.loop import Trainer
 
     run = out / name
     best = run / "checkpoints" / "best.safetensors"
     if (run / "results.json").exists() and best.exists():
         print(f"== {name}: reusing {best}", flush=True)
-        m, _ = load_model_from_checkpoint(best)
+        m, _ = load_model(best)
         res = json.loads((run / "results.json").read_text())
-        res["reused"] = str(run.resolve())
+        res["reused"] = relpath(run)
         return m, res
     cfg = from_dict(ExperimentConfig, {
         "name": f"bench_crbr_{name}", "data": data, "split": split_settings(split_k), "model": model,
@@ -90,31 +92,33 @@ def run_stage(name, model, train, data, out: Path, threads: int, ds, split, spli
     return m, json.loads((run / "results.json").read_text())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("crbr", __doc__)
     ap.add_argument("--dataset", default="synthetic", choices=["synthetic", "ml-1m", "Beauty"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=10.0, help="training cap per stage")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_crbr"))
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    add_data_arg(ap)
+    add_output_args(ap, "crbr")
     ap.add_argument("--set", nargs="*", default=[], metavar="STAGE.KEY=VALUE",
                     help="change a stage's model setting, e.g. crbr.tau_decay=0.003 (values parsed as YAML)")
     ap.add_argument("--split-k", type=int, default=1,
                     help="test targets per user: 1 = leave-one-out; K > 1 = each user's last K events (own run folder)")
-    ap.add_argument("--tag", default="", help="name of this variant (its own run folder for the changed stages "
-                                               "and its own RESULTS.md section)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    invocation = command_line("crbr", argv)
+    if args.data_root:  # the stages' `prepare` reads the default root
+        os.environ["CRBR_DATA"] = str(data_root(args.data_root))
     from crbr.data.batching import history_batch
     from crbr.data.dataset import make_split, train_item_counts
     from crbr.eval.interests import history_categories, interest_coverage
     from crbr.index import build_index
+    from crbr.config import EvalConfig
     from crbr.retrieval import retrieve
     from crbr.train.loop import build_evaluator
-    from crbr.config import EvalConfig
 
     out = Path(args.out) / (args.dataset + (f"_k{args.split_k}" if args.split_k > 1 else ""))
-    ds, world = load_dataset(args.dataset)
+    ds, world = load_dataset(args.dataset, args.data_root)
     data = {"name": "synthetic", "synthetic": SYNTHETIC} if world is not None else {"name": args.dataset}
     sp = split_settings(args.split_k)
     split = make_split(ds, sp.pop("name"), **sp)
@@ -166,7 +170,7 @@ def main() -> None:
         table[name] = {"Recall@50": res.metrics["Recall@50"], "NDCG@10": res.metrics["NDCG@10"],
                        "tail_HR@10": res.bucket_hr10[-1], "cov@50": float(np.nanmean(cov)),
                        "cov@50_multi": float(np.nanmean(cov[multi])),
-                       "Recall@50_multi": float(np.mean(_recall_multi(res, es, multi, 50))),
+                       "Recall@50_multi": float(np.mean(recall_multi(res, es, multi, 50))),
                        "protocol": res.protocol}
         print(name, {k: v for k, v in table[name].items() if k != "protocol"}, flush=True)
 
@@ -202,7 +206,7 @@ def main() -> None:
     label = {"sasrec": "SASRec", "qformer": "Q-Former max-sim", "two_tower": "Retrieval A (SAB+PMA)", "crbr": "CRBR (B=4)",
              "crbr_quota": f"CRBR (B=4), at most {quota} per path"}
     lines = [
-        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/bench_crbr.py {' '.join(sys.argv[1:])}`; "
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `{invocation}`; "
         f"machine: {machine_line()}; {args.threads} thread(s).",
         f"Dataset: {args.dataset}" + (f" ({SYNTHETIC})" if world is not None else "") + f"; protocol: {table['crbr']['protocol']}.",
         (f"Variant {args.tag!r}: " + ", ".join(args.set) + ".\n" if args.tag else "") +
@@ -237,30 +241,49 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    if args.results_md:
-        key = args.dataset + (f":k{args.split_k}" if args.split_k > 1 else "") + (f":{args.tag}" if args.tag else "")
-        write_section(Path(args.results_md), f"bench_crbr:{key}", section,
-                      f"CRBR vs Retrieval A vs SASRec on {args.dataset}"
-                      + (f", last {args.split_k} events as targets" if args.split_k > 1 else "") + " (benchmarks/bench_crbr.py)")
-    (out / f"bench{'_' + args.tag if args.tag else ''}.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
+    name = f"bench{'_' + args.tag if args.tag else ''}"
+    (out / f"{name}.json").write_text(json.dumps({"table": table, "latency_s": lat}, indent=1, default=float))
+    write_report(out, name, section)
+    publish(records(args, table, rows, lat, dead, ppl, label, quota, world is not None, invocation), args)
+    return 0
 
 
-def code_usage(m, ds, es, chunk: int = 1024) -> tuple[list[float], list[float]]:
-    """Per routing layer, over the beams of every test user (in chunks of users): the share of codes
-    no beam uses and the perplexity of the code distribution (`CRBR.code_usage`)."""
-    from crbr.data.batching import history_batch
+def records(args, table: dict, rows: dict, lat: dict, dead: list, ppl: list, label: dict, quota: int,
+            synthetic: bool, invocation: str) -> list:
+    """One record per evaluated model (CRBR with the quota merge as variant "quota")."""
+    from crbr.results import Protocol, ResultRecord, machine_info, portable
 
-    codes = []
-    with torch.no_grad():
-        for s in range(0, len(es), chunk):
-            sl = slice(s, s + chunk)
-            codes.append(m.beams(history_batch(ds, es.users[sl], es.hist_len[sl], m.config.max_len)).codes)
-    return m.code_usage(torch.cat(codes))  # codes (U, B, L)
+    variant_of = {"crbr_quota": "quota"}
+    k_part = f"k{args.split_k}" if args.split_k > 1 else ""
+    out = []
+    for name, t in table.items():
+        stage = "crbr" if name == "crbr_quota" else name
+        r = rows[stage]
+        metrics = {k: float(v) for k, v in t.items() if k != "protocol"}
+        timings = {k: r[k] for k in ("epochs_run", "best_epoch", "train_seconds") if isinstance(r.get(k), (int, float))}
+        if stage in lat:
+            timings["latency_1024_users_s"] = round(lat[stage], 4)
+        if stage == "crbr":
+            metrics.update({f"dead_codes_l{i + 1}": d for i, d in enumerate(dead)})
+            metrics.update({f"perplexity_l{i + 1}": x for i, x in enumerate(ppl)})
+        config = r.get("config") or {}
+        notes = [f"{label[name]}.", f"Run by `{invocation}`." + (" Data: the synthetic world " + json.dumps(SYNTHETIC)
+                 + "." if synthetic else ""), f"Training capped at {args.minutes:g} min per stage."]
+        if r.get("reused"):
+            notes.append(f"Stage reused from {r['reused']}.")
+        out.append(ResultRecord(
+            suite="crbr", dataset=args.dataset, model=str(r.get("model") or stage),
+            variant=with_tag(with_tag(variant_of.get(name, ""), k_part), args.tag),
+            protocol=Protocol.from_line(t["protocol"]), config=portable(config, ROOT), command=invocation,
+            code_version=str(r.get("code_version") or "unknown"), machine=machine_info(args.threads),
+            seeds=[int(r["seed"])] if isinstance(r.get("seed"), int) else [], metrics=metrics, timings=timings,
+            date=time.strftime("%Y-%m-%dT%H:%M"), notes=" ".join(notes)))
+    return out
 
 
-def load_dataset(name: str):
+def load_dataset(name: str, root: str | None = None):
     """(dataset, world): the synthetic world of these benchmarks (world = its ground truth) or a
-    real dataset preset (world = None)."""
+    real dataset preset read from `root` (default: $CRBR_DATA, else ../shared/data; world = None)."""
     if name == "synthetic":
         from crbr.data.synthetic import SyntheticConfig, generate
 
@@ -269,23 +292,8 @@ def load_dataset(name: str):
     from crbr.config import from_dict
     from crbr.data.prepare import DataConfig, prepare
 
-    return prepare(from_dict(DataConfig, {"name": name})), None
-
-
-def user_hits(res, es, k: int) -> np.ndarray:
-    """(users,) bool: whether one of the user's test targets is in the exported top k."""
-    return np.array([bool(set(es.targets(r).tolist()) & set(res.topk_items[r, :k].tolist())) for r in range(len(es))])
-
-
-def _recall_multi(res, es, multi: np.ndarray, k: int) -> np.ndarray:
-    """Per multi-interest user, Recall@k of the exported top list over the user's distinct targets."""
-    hits = []
-    for row in np.nonzero(multi)[0]:
-        t = set(es.targets(row).tolist())
-        top = set(res.topk_items[row, :k].tolist())
-        hits.append(len(t & top) / max(len(t), 1))
-    return np.asarray(hits)
+    return prepare(from_dict(DataConfig, {"name": name, "root": str(data_root(root))})), None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,17 +1,17 @@
 #!/usr/bin/env python
 """Forward+backward time and peak memory: Q-Former encoder vs a SASRec-style self-attention encoder.
 
-usage: python benchmarks/bench_qformer_efficiency.py [--quick] [--ns 256 1024 4096 16384] [--batch 4] [--position rotary]
-           [--json /tmp/bench_qformer_efficiency.json] [--results-md benchmarks/RESULTS.md]
+usage: python -m benchmarks qformer_efficiency [--quick] [--ns 256 1024 4096 16384] [--batch 4] [--position rotary]
+           [--out runs/bench/qformer_efficiency]
 
 Both encoders use the real modules at the same width D, depth, heads and FFN size, dropout 0:
 
   Q-Former:  crbr.models.qformer.QFormerEncoder(D, M, layers, heads, ffn, 0)  (M learnable queries
              cross-attend to the (B, N, D) history; all-True (B, N) key mask). With --position rotary
              the step also computes the rotary angles of the N events and the cut (as
-             QFormer.encode does) and the cross-attention rotates queries and keys; its section is
-             kept apart from the default one in RESULTS.md
-  self-attn: layers x crbr.models.sasrec.CausalBlock(D, heads, ffn, 0, 0, 0, pre_norm=True) + a final
+             QFormer.encode does) and the cross-attention rotates queries and keys; its record is
+             the variant "rotary", kept apart from the default one
+  self-attn: layers x crbr.nn.CausalBlock(D, heads, ffn, 0, 0, 0, pre_norm=True) + a final
              LayerNorm (as SASRec.encode), causal (B, 1, N, N) bool mask materialized like SASRec.encode
 
 Input: random (B, N, D) float32 history with requires_grad; loss = sum of the encoder's outputs
@@ -34,6 +34,11 @@ Q-Former FLOPs (analytic, matmuls only, N' = N + 1 with the null key, F = FFN wi
                       + 8 B M D^2 + 4 B M^2 D   (query self-attention: QKV + output proj, scores + values)
                       + 4 B M D F       (FFN)
     fwd+bwd = 3 x L x forward per layer  (backward = 2 x forward).
+
+Writes OUT/qformer_efficiency[_rotary].json (every step's time) and .md (the report) and the record
+(suite "qformer_efficiency", dataset "random-tensors", model "qformer"); a --quick run writes no
+record unless --records is given. --from-json re-renders the report and the record of an earlier
+run's JSON without measuring.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ import argparse
 import json
 import os
 import resource
-import shlex
 import statistics
 import subprocess
 import sys
@@ -52,10 +56,9 @@ from pathlib import Path
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_v] = "1"
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_section, machine, machine_line  # noqa: E402
+from ._common import (RECORDS, ROOT, add_output_args, code_version, command_line, machine, machine_line, parser,  # noqa: E402
+                      publish, relpath, with_tag, write_report)
 
-ROOT = Path(__file__).resolve().parents[1]
 LOAD_NOTE = ("on a 2-core machine while another 1-thread job (a SASRec training run) used the other core, so shared "
              "cache / memory bandwidth were contended")
 MiB = 2**20
@@ -103,11 +106,14 @@ def worker_case(a: argparse.Namespace) -> dict:
     import hashlib
 
     import crbr.models.qformer as qf_mod
-    import crbr.models.sasrec as sa_mod
+    import crbr.nn.attention as attn_mod
+    import crbr.nn.blocks as blocks_mod
+    import crbr.nn.rotary as rotary_mod
     from crbr.models.qformer import QFormerEncoder
-    from crbr.models.sasrec import CausalBlock
+    from crbr.nn import CausalBlock, rotary_angles
 
-    code = {Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:12] for m in (qf_mod, sa_mod)}
+    code = {Path(m.__file__).name: hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest()[:12]
+            for m in (qf_mod, attn_mod, blocks_mod, rotary_mod)}
 
     torch.manual_seed(0)
     B, N, D, L, H, M = a.batch, a.n, a.d, a.layers, a.heads, a.queries
@@ -123,7 +129,7 @@ def worker_case(a: argparse.Namespace) -> dict:
 
         def fwd() -> torch.Tensor:
             if a.position == "rotary":  # angles are part of the step, as in QFormer.encode
-                rope = (qf_mod.rotary_angles(cut, None, D // H // 2, False), qf_mod.rotary_angles(pos, None, D // H // 2, False))
+                rope = (rotary_angles(cut, None, D // H // 2, False), rotary_angles(pos, None, D // H // 2, False))
                 return enc(x, key_mask, rope=rope).tokens
             return enc(x, key_mask).tokens
     else:
@@ -208,7 +214,7 @@ def worker_matmul(a: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------------------------------- driver
 def spawn(args: list[str], timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *args]
+    cmd = [sys.executable, "-m", "benchmarks.bench_qformer_efficiency", *args]
     print("$", " ".join(cmd[1:]), flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -230,9 +236,53 @@ def fmt_mb(r: dict | None) -> str:
     return f"{r['peak_mb']:.0f}" if r["peak_mb"] >= 10 else f"{r['peak_mb']:.1f}"
 
 
-def section_key(res: dict) -> str:
-    """RESULTS.md marker: the default (input positions) section, or the rotary one beside it."""
-    return "bench_qformer_efficiency" + ("_rotary" if res["config"].get("position", "input") == "rotary" else "")
+def report_name(res: dict) -> str:
+    """The report's and the JSON's file name: the default (input positions) run, or the rotary one."""
+    return "qformer_efficiency" + ("_rotary" if res["config"].get("position", "input") == "rotary" else "")
+
+
+def record(res: dict, tag: str = ""):
+    """The run's record: at the middle N the speed-up and memory ratio, the time growth from the
+    low to the high N, and every case's time and peak memory among the timings."""
+    from crbr.results import Machine, Protocol, ResultRecord
+
+    cfg, cases, v = res["config"], res["cases"], res["verdicts"]
+    n_lo, n_hi, n_mid = v["linear"]["n_lo"], v["linear"]["n_hi"], v["speed_memory"]["n"]
+    metrics, timings = {}, {}
+    for dt in cfg["dtypes"]:
+        q, s = cases.get(f"qformer/{n_mid}/{dt}", {}), cases.get(f"selfattn/{n_mid}/{dt}", {})
+        if "median_ms" in q and "median_ms" in s:
+            metrics[f"speedup_n{n_mid}_{dt}"] = round(s["median_ms"] / q["median_ms"], 2)
+            metrics[f"memory_ratio_n{n_mid}_{dt}"] = round(q["peak_mb"] / s["peak_mb"], 3)
+    for dt, x in v["linear"]["ratios"].items():
+        metrics[f"time_{n_hi}_over_{n_lo}_{dt}"] = round(x, 2)
+    for n in cfg["ns"]:
+        for dt in cfg["dtypes"]:
+            for model in ("qformer", "selfattn"):
+                c = cases.get(f"{model}/{n}/{dt}", {})
+                if "median_ms" in c:
+                    timings[f"{model}_ms_n{n}_{dt}"] = round(c["median_ms"], 1)
+                    timings[f"{model}_peak_mb_n{n}_{dt}"] = round(c["peak_mb"], 1)
+    m = res["machine"]
+    not_run = [f"self-attention N = {k.split('/')[1]} {k.split('/')[2]} ({r['reason'].split(':')[0]})"
+               for k, r in cases.items() if "reason" in r]
+    notes = (f"Bar 1 (time({n_hi:,}) / time({n_lo:,}) <= 20): {v['linear']['verdict']}; bar 2 (at N = {n_mid:,} >= 8x "
+             f"faster with <= 1/4 of the peak memory): {v['speed_memory']['verdict']}. "
+             + (f"Not run: {'; '.join(not_run)}. " if not_run else "")
+             + f"Load: {res.get('load_note', LOAD_NOTE)}. {res['code']['note']}.")
+    rotary = cfg.get("position", "input") == "rotary"
+    return ResultRecord(
+        suite="qformer_efficiency", dataset="random-tensors", model="qformer",
+        variant=with_tag("rotary" if rotary else "", tag),
+        protocol=Protocol(line=(f"one forward + backward step of a {cfg['layers']}-layer encoder (batch {cfg['batch']}, "
+                                f"width {cfg['d']}, {cfg['heads']} heads, FFN {cfg['ffn_mult'] * cfg['d']}, dropout 0, "
+                                f"Q-Former {cfg['queries']} queries) on a random ({cfg['batch']}, N, {cfg['d']}) history; "
+                                "time = median of the timed steps; peak MB = peak RSS during the steps minus the RSS "
+                                f"before them; self-attention = {cfg['layers']} causal SASRec blocks with the (B, 1, N, N) "
+                                "mask as input")),
+        config=cfg, command=res["command"], code_version=res["code"].get("describe", res["code"]["head"]),
+        machine=Machine(cpu=m["cpu"], cores=m["cores"], threads=1, software=f"Python {m['python']}, torch {res['torch']}"),
+        metrics=metrics, timings=timings, date=res["date"].replace(" ", "T"), notes=notes)
 
 
 def build_section(res: dict, cmdline: str) -> str:
@@ -272,7 +322,7 @@ def build_section(res: dict, cmdline: str) -> str:
         + ("; rotary positions (`model.position=rotary`): each step also computes the events' and the cut's "
            "rotation angles, and the cross-attention rotates queries and keys" if rotary else "")
         + "; self-attention = "
-        f"{cfg['layers']} x `crbr.models.sasrec.CausalBlock(pre_norm=True)` + final LayerNorm with a causal (B, 1, N, N) "
+        f"{cfg['layers']} x `crbr.nn.CausalBlock(pre_norm=True)` + final LayerNorm with a causal (B, 1, N, N) "
         "bool mask materialized as `SASRec.encode` does (the mask is input: its size, B*N^2 bytes, is in the "
         "baseline, not in the peak). Input: random (B, N, D) fp32 history with requires_grad; loss = sum of the "
         "outputs; one step = forward + backward; bf16 = `torch.autocast('cpu', torch.bfloat16)`.",
@@ -352,10 +402,11 @@ def verdicts(res: dict) -> dict:
     return {"linear": lin, "speed_memory": {"n": n_mid, "verdict": "met" if sm_ok else "missed", "detail": "; ".join(parts)}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("qformer_efficiency", __doc__)
     ap.add_argument("--quick", action="store_true", help="smoke run: N in {256, 1024}, few reps, small matmul, "
-                    "JSON to /tmp/bench_qformer_efficiency_quick.json, RESULTS.md not written unless --results-md")
+                    "files OUT/*_quick.*, no record unless --records")
     ap.add_argument("--ns", type=int, nargs="+", default=None)
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=4)
@@ -374,10 +425,11 @@ def main() -> None:
     ap.add_argument("--total-budget-s", type=float, default=900, help="skip self-attention cases whose "
                     "extrapolated time would overrun this budget for the whole run")
     ap.add_argument("--mem-margin-mb", type=float, default=3072, help="leave this much of MemAvailable free")
-    ap.add_argument("--json", default=None)
-    ap.add_argument("--results-md", default=None)
-    ap.add_argument("--from-json", default=None, help="re-render the section from this JSON of an earlier run "
-                    "(no measuring) and write it to --results-md (default benchmarks/RESULTS.md)")
+    ap.add_argument("--json", default=None, help="the raw numbers (default OUT/qformer_efficiency[_rotary][_quick].json)")
+    ap.add_argument("--from-json", default=None, help="re-render the report and the record from this JSON of an "
+                    "earlier run (no measuring)")
+    add_output_args(ap, "qformer_efficiency")
+    ap.set_defaults(records=None)
     # worker mode (internal)
     ap.add_argument("--worker", choices=["case", "matmul"], default=None, help=argparse.SUPPRESS)
     ap.add_argument("--model", choices=["qformer", "selfattn"], default="qformer", help=argparse.SUPPRESS)
@@ -386,38 +438,40 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=2048, help=argparse.SUPPRESS)
     ap.add_argument("--slow-s", type=float, default=3.0, help=argparse.SUPPRESS)
     ap.add_argument("--mem-cap-mb", type=int, default=0, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     if a.worker:
         a.max_reps = a.max_reps or 10
         a.budget_s = a.budget_s if a.budget_s is not None else 10.0
         out = worker_case(a) if a.worker == "case" else worker_matmul(a)
         print(json.dumps(out), flush=True)
-        return
+        return 0
 
+    if a.records is None:
+        a.records = "" if a.quick else str(RECORDS)
     if a.from_json:
         res = json.loads(Path(a.from_json).read_text())
         res["verdicts"] = verdicts(res)
         section = build_section(res, res["command"])
         print(section)
-        md = a.results_md if a.results_md is not None else str(ROOT / "benchmarks" / "RESULTS.md")
-        if md:
-            write_section(Path(md), section_key(res), section)
-            print(f"wrote the section of {md}", flush=True)
-        return
+        write_report(a.out, report_name(res), section)
+        publish([record(res, a.tag)], a)
+        return 0
 
     ns = a.ns or ([256, 1024] if a.quick else [256, 1024, 4096, 16384])
     max_reps = a.max_reps or (5 if a.quick else 20)
     budget = a.budget_s if a.budget_s is not None else (3.0 if a.quick else 15.0)
     mm_size = a.matmul_size or (1024 if a.quick else 2048)
-    json_path = Path(a.json or ("/tmp/bench_qformer_efficiency_quick.json" if a.quick else "/tmp/bench_qformer_efficiency.json"))
-    results_md = a.results_md if a.results_md is not None else ("" if a.quick else str(ROOT / "benchmarks" / "RESULTS.md"))
-    cmdline = " ".join(["python benchmarks/bench_qformer_efficiency.py", *map(shlex.quote, sys.argv[1:])])
+    name = "qformer_efficiency" + ("_rotary" if a.position == "rotary" else "") + ("_quick" if a.quick else "")
+    json_path = Path(a.json or Path(a.out) / f"{name}.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    cmdline = command_line("qformer_efficiency", argv)
+    describe = code_version()
 
     t_run = time.perf_counter()
     date = time.strftime("%Y-%m-%d %H:%M")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/crbr/models/qformer.py", "src/crbr/models/sasrec.py"],
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src/crbr/models/qformer.py", "src/crbr/nn"],
                            capture_output=True, text=True, cwd=ROOT).stdout.strip()
     common = ["--batch", str(a.batch), "--d", str(a.d), "--layers", str(a.layers), "--heads", str(a.heads),
               "--ffn-mult", str(a.ffn_mult), "--queries", str(a.queries), "--position", a.position]
@@ -482,22 +536,22 @@ def main() -> None:
         "cases": cases, "wall_s": time.perf_counter() - t_run,
     }
     hashes = {json.dumps(c.get("code_sha256"), sort_keys=True) for c in cases.values() if c.get("code_sha256")}
-    res["code"] = {"head": head, "dirty_at_start": bool(dirty), "sha256": sorted(hashes),
-                   "note": f"git HEAD {head} at the start" + (" (qformer.py / sasrec.py modified in the working tree)" if dirty else "")
+    res["code"] = {"head": head, "describe": describe, "dirty_at_start": bool(dirty), "sha256": sorted(hashes),
+                   "note": f"git HEAD {head} at the start" + (" (qformer.py / crbr.nn modified in the working tree)" if dirty else "")
                    + ("; the model files changed during the run (sha256 differ between cases: see the JSON)" if len(hashes) > 1
                       else f"; model files sha256 {', '.join(f'{k} {v}' for k, v in json.loads(next(iter(hashes))).items())}" if hashes else "")}
     res["matmul_peak"] = {dt: max(m[dt]["best_gflops"] for m in (mm, mm_after) if "error" not in m)
                           for dt in ("fp32", "bf16")}
     res["verdicts"] = verdicts(res)
-    res["json"] = str(json_path)
+    res["json"] = relpath(json_path)
     json_path.write_text(json.dumps(res, indent=1))
     section = build_section(res, cmdline)
     print("\n" + section, flush=True)
-    print(f"\nJSON: {json_path}; total {res['wall_s']:.0f} s", flush=True)
-    if results_md:
-        write_section(Path(results_md), section_key(res), section)
-        print(f"wrote the section of {results_md}", flush=True)
+    print(f"\nJSON: {relpath(json_path)}; total {res['wall_s']:.0f} s", flush=True)
+    write_report(a.out, name, section)
+    publish([record(res, a.tag)], a)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

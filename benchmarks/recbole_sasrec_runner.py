@@ -1,10 +1,11 @@
-"""Run RecBole 1.2.1 SASRec on ml-100k (CPU, one thread) for benchmarks/recbole_side_by_side.py.
+"""Run RecBole 1.2.1 SASRec on ml-100k (CPU, one thread) for `python -m benchmarks recbole_side_by_side`.
 
-Runs in the RecBole venv (/tmp/recbole-venv), NOT in crbr's: it imports recbole, not crbr.
+Runs in the RecBole virtual environment (its --recbole-python), NOT in crbr's: it imports recbole,
+not crbr, and is run by path, not as part of the benchmarks package.
 
-usage: recbole_sasrec_runner.py DEADLINE_MIN SPLIT_DUMP.json cfg1.yaml [cfg2.yaml ...]
+usage: RECBOLE_PYTHON benchmarks/recbole_sasrec_runner.py DEADLINE_MIN SPLIT_DUMP.json cfg1.yaml [cfg2.yaml ...]
 
-Same logic as /work/shared/peers/recbole/run_one.py (anomaly-mode switch-off, wall-clock cap,
+Same logic as run_one.py of the RecBole peer folder (../shared/peers/recbole; anomaly-mode switch-off, wall-clock cap,
 RESULT_JSON line at the end), plus:
   * torch.set_num_threads(1) before anything runs (set OMP_NUM_THREADS / MKL_NUM_THREADS=1 too);
   * after RecBole's data_preparation, the validation and test rows (user token, target item

@@ -1,8 +1,8 @@
 """crbr SASRec vs RecBole 1.2.1 SASRec on MovieLens-100K, side by side in ONE run on this machine.
 
-usage: python benchmarks/recbole_side_by_side.py [--minutes 40] [--out /work/bench/recbole_side_by_side]
-                                                [--recbole-python /tmp/recbole-venv/bin/python]
-                                                [--workdir /tmp/recbole_side_by_side] [--crbr-epochs N]
+usage: python -m benchmarks recbole_side_by_side [--minutes 40] [--out runs/bench/recbole_side_by_side]
+                                                 [--recbole-python runs/recbole-venv/bin/python]
+                                                 [--peer-dir ../shared/peers/recbole] [--crbr-epochs N]
 
 Both trainings run CONCURRENTLY as two subprocesses, each on one thread, with the same wall-clock
 cap (crbr `train.max_minutes`, RecBole through benchmarks/recbole_sasrec_runner.py) and early
@@ -19,13 +19,19 @@ reached it, against the first crbr epoch whose validation NDCG@10 is at least th
 It also checks the protocol: RecBole's actual split (dumped by the runner) is compared with
 crbr's user by user, and timestamp ties at the split positions are counted.
 
-Writes <out>.md (the markdown section, also printed) and <out>.json (raw numbers, both curves).
-Requires the RecBole venv described in /work/shared/peers/recbole/README.md.
+Writes OUT/recbole_side_by_side.md (the report, also printed) and .json (raw numbers, both
+curves), run directories and logs under --workdir (default OUT/work), and two records (suite
+"recbole_side_by_side", dataset "ml-100k": model "sasrec" = crbr, "recbole_sasrec" = RecBole;
+--tag names a crbr variant, e.g. `--tag seen_bias --crbr-set model.seen_bias=true`).
+
+Needs the RecBole peer folder (--peer-dir, default ../shared/peers/recbole beside the repository:
+base.yaml, sasrec_len50.yaml, convert_ml100k.py and the README on its virtual environment) and a
+Python with RecBole 1.2.1 (--recbole-python, default $RECBOLE_PYTHON, else runs/recbole-venv/bin/python,
+created on first use as that README prescribes; never crbr's own environment).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -38,12 +44,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine  # noqa: E402
+from ._common import (ROOT, add_data_arg, add_output_args, code_version, command_line, data_env, data_root, machine,
+                      parser, publish, relpath, with_tag, write_report)
 
-ROOT = Path(__file__).resolve().parents[1]
-PEER = ROOT.parent / "shared" / "peers" / "recbole"
-SHARED_DATA = ROOT.parent / "shared" / "data"
+PEER = ROOT.parent / "shared" / "peers" / "recbole"  # the default --peer-dir
+RECBOLE_PYTHON = ROOT / "runs" / "recbole-venv" / "bin" / "python"  # the default --recbole-python
 CRBR_CONFIG = ROOT / "configs" / "sasrec_ml100k.yaml"
 RUNNER = ROOT / "benchmarks" / "recbole_sasrec_runner.py"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -179,14 +184,14 @@ def tie_analysis(a: np.ndarray) -> dict:
     return res
 
 
-def crbr_split_tokens(overrides: list[str] | None = None) -> dict:
+def crbr_split_tokens(overrides: list[str] | None = None, root: Path | None = None) -> dict:
     """crbr's leave-one-out split in original ids: valid/test targets, test history window;
     `overrides` (the run's --crbr-set) can change the training windows counted below."""
     from crbr.config import load_config
     from crbr.data.dataset import make_split
     from crbr.data.prepare import prepare
 
-    cfg = load_config(CRBR_CONFIG, overrides or [])
+    cfg = load_config(CRBR_CONFIG, (overrides or []) + ([f"data.root={root}"] if root else []))
     ds = prepare(cfg.data)
     sp = make_split(ds, "leave_one_out")
     out = {}
@@ -268,7 +273,7 @@ def fmt(x, nd=4):
 
 
 def ensure_recbole_venv(venv: Path) -> None:
-    """Create the throwaway RecBole venv as ../shared/peers/recbole/README.md prescribes."""
+    """Create the throwaway RecBole venv as the peer folder's README.md prescribes."""
     print(f"creating the RecBole venv at {venv} (never part of crbr's own environment)", flush=True)
     pip = [str(venv / "bin" / "pip"), "install", "--quiet"]
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -278,24 +283,35 @@ def ensure_recbole_venv(venv: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("recbole_side_by_side", __doc__)
     ap.add_argument("--minutes", type=float, default=40.0, help="wall-clock cap of each training (default 40)")
-    ap.add_argument("--out", default="/work/bench/recbole_side_by_side", help="writes OUT.md and OUT.json")
-    ap.add_argument("--recbole-python", default="/tmp/recbole-venv/bin/python")
-    ap.add_argument("--workdir", default="/tmp/recbole_side_by_side", help="run directories and logs")
+    ap.add_argument("--recbole-python", default=os.environ.get("RECBOLE_PYTHON") or str(RECBOLE_PYTHON),
+                    help="a Python with RecBole 1.2.1 (created there when missing; default: %(default)s)")
+    ap.add_argument("--peer-dir", default=str(PEER), help="the RecBole peer folder (default: %(default)s)")
+    ap.add_argument("--workdir", default=None, help="run directories and logs (default OUT/work)")
     ap.add_argument("--crbr-epochs", type=int, default=None, help="crbr train.epochs (default: the config's)")
     ap.add_argument("--poll", type=float, default=60.0, help="seconds between progress lines")
     ap.add_argument("--crbr-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra crbr override outside the shared settings, e.g. train.bf16=true (repeatable)")
-    args = ap.parse_args()
+    add_data_arg(ap)
+    add_output_args(ap, "recbole_side_by_side")
+    args = ap.parse_args(argv)
+    invocation = command_line("recbole_side_by_side", argv)
+    code_version()  # the code that runs, taken at the start
+    peer = Path(args.peer_dir).resolve()
+    shared_data = data_root(args.data_root)
+    if not (peer / "base.yaml").is_file():
+        sys.exit(f"{peer}: not the RecBole peer folder (no base.yaml); set --peer-dir")
+    if not (shared_data / "ml-100k" / "u.data").is_file():
+        sys.exit(f"{shared_data / 'ml-100k' / 'u.data'} not found (set --data-root or $CRBR_DATA)")
 
-    out_base = Path(args.out)
-    if out_base.suffix in (".md", ".json"):
-        out_base = out_base.with_suffix("")
+    out_base = Path(args.out) / "recbole_side_by_side"
     out_base.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(args.workdir)
+    work = Path(args.workdir) if args.workdir else Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()  # RecBole runs in it
     rb_py = args.recbole_python
     if not Path(rb_py).exists():
         ensure_recbole_venv(Path(rb_py).parent.parent)
@@ -303,29 +319,29 @@ def main() -> int:
                          capture_output=True, text=True)
     if chk.returncode:
         sys.exit(f"RecBole venv not usable ({rb_py}): {chk.stderr[-500:]}\n"
-                 f"install it as /work/shared/peers/recbole/README.md says")
+                 f"install it as {peer / 'README.md'} says")
     rb_version, rb_torch = chk.stdout.split()
     import torch  # crbr's venv
 
     # ---- data: RecBole atomic file (and what RecBole really reads for dataset "ml-100k")
-    rb_data = Path("/tmp/recbole-data")
+    rb_data = work / "recbole-data"
     inter = rb_data / "ml-100k" / "ml-100k.inter"
     if not inter.is_file():
-        subprocess.run([sys.executable, str(PEER / "convert_ml100k.py"), str(SHARED_DATA), str(rb_data)], check=True)
+        subprocess.run([sys.executable, str(peer / "convert_ml100k.py"), str(shared_data), str(rb_data)], check=True)
     site = subprocess.run([rb_py, "-c", "import recbole, os; print(os.path.dirname(recbole.__file__))"],
                           capture_output=True, text=True, check=True).stdout.strip()
     bundled = Path(site) / "dataset_example" / "ml-100k" / "ml-100k.inter"
     same_as_bundled = bundled.is_file() and bundled.read_text().splitlines()[1:] == inter.read_text().splitlines()[1:]
 
-    udata = read_udata(SHARED_DATA / "ml-100k" / "u.data")
+    udata = read_udata(shared_data / "ml-100k" / "u.data")
     ties = tie_analysis(udata)
-    crsplit = crbr_split_tokens(args.crbr_set)
+    crsplit = crbr_split_tokens(args.crbr_set, shared_data)
 
     # ---- configs and commands
     rb_extra = work / "recbole_extra.yaml"
     rb_extra.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in
                                 {**RECBOLE_EXTRA, "checkpoint_dir": str(work / "recbole_saved")}.items()))
-    rb_cfgs = [str(PEER / "base.yaml"), str(PEER / "sasrec_len50.yaml"), str(rb_extra)]
+    rb_cfgs = [str(peer / "base.yaml"), str(peer / "sasrec_len50.yaml"), str(rb_extra)]
     split_dump = work / "recbole_split.json"
     rb_cmd = [rb_py, str(RUNNER), f"{args.minutes:g}", str(split_dump), *rb_cfgs]
     crbr_dir = work / "crbr_sasrec_ml100k"
@@ -333,7 +349,7 @@ def main() -> int:
     cr_cmd = [sys.executable, "-m", "crbr.cli.main", "train", "-c", str(CRBR_CONFIG), *cr_ov]
     for p in (crbr_dir / "metrics.csv", crbr_dir / "results.json", split_dump):
         p.unlink(missing_ok=True)
-    env1 = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env1 = {**data_env(shared_data), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     rb_env = {**env1, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     rb_log, cr_log = work / "recbole.log", work / "crbr.log"
     print("$", shlex.join(rb_cmd), flush=True)
@@ -427,16 +443,14 @@ def main() -> int:
     crbr_cmd_show = "crbr train -c configs/sasrec_ml100k.yaml " + " ".join(
         o for o in cr_ov if not o.startswith("out_dir="))
     rb_cmd_show = (f"OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 "
-                   f"/tmp/recbole-venv/bin/python benchmarks/recbole_sasrec_runner.py {args.minutes:g} SPLIT.json "
+                   f"RECBOLE_PYTHON benchmarks/recbole_sasrec_runner.py {args.minutes:g} SPLIT.json "
                    f"../shared/peers/recbole/base.yaml ../shared/peers/recbole/sasrec_len50.yaml EXTRA.yaml")
 
     # ---- markdown
     L = []
     L.append("## SASRec: crbr vs RecBole 1.2.1 on MovieLens-100K, side by side (one run, same machine)\n")
     L.append(f"Run {time.strftime('%Y-%m-%d %H:%M', time.localtime(t_launch))}, produced by "
-             f"`benchmarks/recbole_side_by_side.py --minutes {args.minutes:g}"
-             f"{' --crbr-epochs %d' % args.crbr_epochs if args.crbr_epochs else ''}"
-             f"{''.join(' --crbr-set ' + o for o in args.crbr_set)}`.\n")
+             f"`{invocation}`.\n")
     L.append(f"- **Dataset**: MovieLens-100K `u.data`, all 100,000 ratings as interactions (no rating filter, no "
              f"k-core), 943 users, {crsplit['n_items']} items. RecBole reads its bundled copy "
              f"`recbole/dataset_example/ml-100k/ml-100k.inter` (for the dataset name `ml-100k` RecBole 1.2.1 ignores "
@@ -467,7 +481,8 @@ def main() -> int:
              f"Precision: RecBole fp32; crbr {'bf16 autocast' if cr_res['config']['train'].get('bf16') else 'fp32'}"
              + (f" (crbr-only settings: {', '.join('`' + o + '`' for o in args.crbr_set)})" if args.crbr_set else "")
              + ".")
-    L.append(f"- **Commands**: `{crbr_cmd_show}` and `{rb_cmd_show}` (EXTRA.yaml = the RecBole SASRec defaults written "
+    L.append(f"- **Commands**: `{crbr_cmd_show}` and `{rb_cmd_show}` (RECBOLE_PYTHON = a Python with RecBole "
+             f"{rb_version}; EXTRA.yaml = the RecBole SASRec defaults written "
              f"out, `stopping_step: 10`, `metric_decimal_place: 6`; `recbole_sasrec_runner.py` = "
              f"`../shared/peers/recbole/run_one.py` plus one-thread setup, per-epoch timing hook and split dump).")
     L.append(f"- **Machine**: {mach['cpu']}, {mach['cores']} cores, Linux {mach['kernel']}; crbr: Python "
@@ -568,11 +583,56 @@ def main() -> int:
         "differences": DIFFERENCES,
         "markdown": md,
     }
-    Path(str(out_base) + ".md").write_text(md)
     Path(str(out_base) + ".json").write_text(json.dumps(raw, indent=1, default=float))
     print("\n" + md)
-    print(f"wrote {out_base}.md and {out_base}.json; logs in {work}")
+    write_report(out_base.parent, out_base.name, md)
+    print(f"raw numbers: {relpath(str(out_base) + '.json')}; logs in {relpath(work)}")
+    publish(records(raw, args, invocation, crbr_cmd_show, rb_cmd_show, crbr_dir), args)
     return 0
+
+
+def records(raw: dict, args, invocation: str, crbr_cmd: str, rb_cmd: str, crbr_dir: Path) -> list:
+    """The crbr record (from its results.json) and the RecBole record, with time to quality."""
+    from crbr.results import Machine, Protocol, ResultRecord, record_from_results_json
+
+    ttq, tests, rb = raw["time_to_quality"], raw["tests"], raw["recbole"]
+    n_users = raw["protocol"]["split_comparison"]["test_users_crbr"]
+    protocol = Protocol(
+        line="leave-one-out (events ordered by timestamp, stable ties), full ranking over the whole catalogue, history "
+             f"not masked (RecBole never masks for sequential models), one target per user, {n_users} users",
+        split="leave_one_out", full_ranking=True, history_masked=False, n_users=n_users)
+    cr = record_from_results_json(crbr_dir / "results.json", "recbole_side_by_side", crbr_cmd,
+                                  variant=with_tag("", args.tag), root=ROOT)
+    cr.protocol = protocol
+    cr.metrics = {k: float(v) for k, v in tests["crbr"].items()} | {
+        k: v for k, v in cr.metrics.items() if k.startswith("valid/")}
+    cr.timings = {"seconds_per_epoch": round(float(np.mean([r["train_s"] for r in raw["crbr"]["epochs"]])), 1),
+                  "process_wall_s": round(raw["crbr"]["process"]["wall_s"]),
+                  "peak_rss_mb": round(raw["crbr"]["process"]["peak_rss_mb"])}
+    if ttq["crbr_time_s"] is not None:
+        cr.timings["time_to_recbole_best_valid_s"] = round(ttq["crbr_time_s"])
+        cr.timings["recbole_time_to_best_valid_s"] = round(ttq["recbole_time_log_s"])
+        cr.timings["time_ratio_to_recbole"] = round(ttq["ratio_vs_log"], 3)
+    cr.notes = (f"Run by `{invocation}` beside RecBole {rb['version']} (both 1 thread, concurrently, "
+                f"{args.minutes:g}-minute cap). Time bar (crbr reaches RecBole's best validation NDCG@10 in <= 0.5 of "
+                f"its time): {'met' if ttq['bar_time_met'] else 'not met'}; test bar (crbr HR@10 and NDCG@10 >= "
+                f"RecBole's): {'met' if ttq['bar_quality_met'] else 'not met'}.")
+    rb_rows = rb["epochs"]
+    rec = ResultRecord(
+        suite="recbole_side_by_side", dataset="ml-100k", model="recbole_sasrec", protocol=protocol,
+        config={"extra_config": rb["extra_config"], "configs": ["base.yaml", "sasrec_len50.yaml", "EXTRA.yaml"]},
+        command=rb_cmd, code_version=code_version(),
+        machine=Machine(cpu=raw["machine"]["cpu"], cores=raw["machine"]["cores"], threads=rb["threads"],
+                        software=f"Python {raw['machine']['python']}, torch {rb['torch']}, RecBole {rb['version']}"),
+        seeds=[int(RECBOLE_EXTRA.get("seed", 2020))],  # RecBole's default seed unless EXTRA.yaml sets one
+        metrics={k: float(v) for k, v in tests["recbole"].items()} | {"valid/NDCG@10": ttq["recbole_best_valid_ndcg10"]},
+        timings={"seconds_per_epoch": round(float(np.mean([r["train_s"] for r in rb_rows if r["train_s"] is not None])), 1),
+                 "time_to_best_valid_s": round(ttq["recbole_time_log_s"]), "epochs_run": len(rb_rows),
+                 "process_wall_s": round(rb["process"]["wall_s"]), "peak_rss_mb": round(rb["process"]["peak_rss_mb"])},
+        date=cr.date, notes=(f"Run by `{invocation}` beside crbr. RECBOLE_PYTHON = a Python with RecBole "
+                             f"{rb['version']}; EXTRA.yaml = RecBole's SASRec defaults written out (stopping_step: 10, "
+                             "metric_decimal_place: 6)."))
+    return [cr, rec]
 
 
 DIFFERENCES = [

@@ -1,11 +1,10 @@
-"""Residual-enhancement mixture (seed 004) on MovieLens-100K: SASRec alone, residual
-enhancement, the competitive mixture it replaces, residual with noise experts, and federated
-residual on Flower; writes the section between the run_residual markers of benchmarks/RESULTS.md.
+"""Residual-enhancement mixture on MovieLens-100K: SASRec alone, residual enhancement, the
+competitive mixture it replaces, residual with noise experts, and federated residual on Flower.
 
 usage:
-  python benchmarks/run_residual.py                      # the full benchmark (3 seeds, the configs as checked in)
-  python benchmarks/run_residual.py --reduced            # 1 seed, newest-50 windows, batch 64, <= 40 epochs
-  python benchmarks/run_residual.py --seeds 42 --runs sasrec residual  [override ...]
+  python -m benchmarks residual                      # the full benchmark (3 seeds, the configs as checked in)
+  python -m benchmarks residual --reduced            # 1 seed, newest-50 windows, batch 64, <= 40 epochs
+  python -m benchmarks residual --seeds 42 --runs sasrec residual  [override ...]
 
 Each run is its own `crbr train` / `crbr federated` process (configs/sasrec_ml100k.yaml,
 configs/residual_ml100k{,_competitive,_noise,_noise_resampled}.yaml, configs/federated/residual_ml100k.yaml). The
@@ -21,25 +20,24 @@ mixture on top of that SASRec-alone run with the backbone frozen (`model.freeze_
 Bars (issue): residual >= SASRec alone and >= competitive on test NDCG@10 (mean over seeds);
 residual with noise experts within 2% of SASRec alone; federated within 10% of centralized
 residual at the same total epochs.
+
+Writes one record per row over all its seeds (suite "residual"; mean, standard deviation and
+per-seed values; a --reduced run's variants end in "reduced") and the report OUT/residual.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line  # noqa: E402
+from ._common import (ROOT, add_data_arg, add_output_args, combine_seeds, command_line, data_env, data_root,
+                      machine_line, parser, publish, with_tag, write_report)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 RUNS = {  # name -> (command, config, label)
     "sasrec": ("train", "sasrec_ml100k.yaml", "SASRec alone"),  # + ROW_OVERRIDES: the residual configs' optimizer
     "residual": ("train", "residual_ml100k.yaml", "residual enhancement (genres + MiniLM text)"),
@@ -64,7 +62,10 @@ ROW_OVERRIDES = {"sasrec": ["train.lr=0.001", "train.bf16=false"], "residual_fix
 WARM = ("residual_warm", "residual_frozen")  # rows whose backbone starts from the same seed's SASRec-alone run
 REDUCED = ["train.windows=last", "train.batch_size=64", "train.epochs=40", "train.patience=10"]
 REDUCED_FED = ["federated.local_batch_size=8"]  # ~94 users per client: batch 8 = ~12 local steps per round
-BEGIN, END = "<!-- run_residual:begin -->", "<!-- run_residual:end -->"
+# row -> the record's variant ("" = the residual mixture as configured; SASRec alone is model sasrec)
+VARIANT = {"residual_warm": "warm_start", "residual_frozen": "frozen_backbone", "residual_sg": "branch_stop_grad",
+           "residual_fixed": "gate_fixed", "competitive": "competitive", "noise": "noise",
+           "noise_resampled": "noise_resampled", "federated": "federated"}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -74,7 +75,7 @@ def _rows(path: Path) -> list[dict]:
 
 
 def run_one(name: str, seed: int, out: Path, threads: int, overrides: list[str], rounds: int | None,
-            reuse: bool = False) -> dict:
+            reuse: bool = False, root: Path | None = None) -> dict:
     cmd_name, config, _ = RUNS[name]
     run_dir = out / f"{name}_s{seed}"
     ov = [f"out_dir={run_dir}", f"train.threads={threads}", "train.progress=false", f"train.seed={seed}",
@@ -83,7 +84,7 @@ def run_one(name: str, seed: int, out: Path, threads: int, overrides: list[str],
         ov.append(f"federated.num_rounds={rounds}")
     cmd = [sys.executable, "-m", "crbr.cli.main", cmd_name, "-c", str(ROOT / "configs" / config), *ov]
     print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = data_env(root or data_root(None), threads)
     done = run_dir / "bench.json"  # written after a completed run: its command and wall time
     if reuse and done.exists() and json.loads(done.read_text())["cmd"] == cmd[1:]:
         print(f"(reusing {run_dir})", flush=True)
@@ -95,6 +96,7 @@ def run_one(name: str, seed: int, out: Path, threads: int, overrides: list[str],
         done.write_text(json.dumps({"cmd": cmd[1:], "wall_s": wall}))
     res = json.loads((run_dir / "results.json").read_text())
     res["wall_s"] = wall
+    res["run_dir"] = str(run_dir)
     res["command"] = " ".join(["crbr", cmd_name, "-c", f"configs/{config}", *ov[1:]])
     # the mixture at the tested (best) epoch / round: gate and catalogue-wide router weights
     best = res.get("best_epoch", res.get("best_round"))
@@ -182,23 +184,30 @@ def verdicts(results: dict[str, list[dict]]) -> list[str]:
     return out
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace only the text between the run_residual markers (or append them), atomically;
-    the file is re-read right before writing."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section}\n{END}"
-    if BEGIN in text and END in text:
-        a, b = text.index(BEGIN), text.index(END) + len(END)
-        text = text[:a] + block + text[b:]
-    else:
-        text = text.rstrip("\n") + "\n\n## Residual-enhancement mixture on MovieLens-100K (benchmarks/run_residual.py)\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def records(results: dict[str, list[dict]], args, invocation: str) -> list:
+    """One record per row: its seeds combined (`combine_seeds`)."""
+    from crbr.results import portable, record_from_results_json
+
+    out = []
+    for name, rs in results.items():
+        variant = with_tag(with_tag(VARIANT.get(name, ""), "reduced" if args.reduced else ""), args.tag)
+        per_seed = []
+        for r in rs:
+            rec = record_from_results_json(Path(r["run_dir"]) / "results.json", "residual", portable(r["command"], ROOT),
+                                           variant=variant, root=ROOT)
+            rec.metrics.update({f"mixture/{k}": float(v) for k, v in r["mixture"].items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            rec.timings["wall_s"] = round(r["wall_s"], 1)
+            if "rounds_run" in r:
+                rec.timings.update(rounds_run=r["rounds_run"], best_round=r.get("best_round", 0))
+            per_seed.append(rec)
+        out.append(combine_seeds(per_seed, notes=f"{RUNS[name][2]}. Run by `{invocation}`."))
+    return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("residual", __doc__)
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default 42 43 44 (--reduced: 42)")
     ap.add_argument("--reduced", action="store_true", help="1 seed, " + " ".join(REDUCED + REDUCED_FED))
@@ -207,14 +216,15 @@ def main() -> None:
                     help="reuse finished runs in OUT whose command is the same (e.g. add seeds to an earlier run)")
     ap.add_argument("--fed-rounds", type=int, default=None,
                     help="federated rounds (default: the epochs the centralized residual run of the same seed trained)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_residual"))
     ap.add_argument("--json", default=None, help="also write all results to this JSON file (default OUT/results.json)")
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"),
-                    help="replace the section between the run_residual markers of this file ('' = do not write)")
+    add_data_arg(ap)
+    add_output_args(ap, "residual")
     ap.add_argument("overrides", nargs="*", help="config overrides for every run (section.key=value)")
-    args = ap.parse_args()
-    if not (SHARED / "ml-100k").is_dir():
-        sys.exit(f"{SHARED / 'ml-100k'} not found: the benchmark needs ../shared/data")
+    args = ap.parse_args(argv)
+    root = data_root(args.data_root)
+    if not (root / "ml-100k").is_dir():
+        sys.exit(f"{root / 'ml-100k'} not found (set --data-root or $CRBR_DATA)")
+    invocation = command_line("residual", argv)
     seeds = args.seeds or ([42] if args.reduced else [42, 43, 44])
     overrides = (REDUCED if args.reduced else []) + list(args.overrides)
     out = Path(args.out)
@@ -233,15 +243,15 @@ def main() -> None:
                     sys.exit(f"{name} needs the SASRec-alone run of seed {seed} ({sasrec}): run it first "
                              f"(--runs sasrec {name} ...)")
                 ov = ov + [f"model.backbone_checkpoint={sasrec}"]
-            results.setdefault(name, []).append(run_one(name, seed, out, args.threads, ov, rounds, args.reuse))
+            results.setdefault(name, []).append(run_one(name, seed, out, args.threads, ov, rounds, args.reuse, root))
     total = time.perf_counter() - t_start
     r0 = next(iter(results.values()))[0]
     mode = ("**Reduced run** (not the full benchmark): " + ", ".join(f"`{o}`" for o in REDUCED + REDUCED_FED)
-            + f", seed(s) {', '.join(map(str, seeds))}. Full run: `python benchmarks/run_residual.py` "
+            + f", seed(s) {', '.join(map(str, seeds))}. Full run: `python -m benchmarks residual` "
               "(3 seeds, every training event a target with >= 40 events of context, patience 20)."
             if args.reduced else f"Full run: seeds {', '.join(map(str, seeds))}, configs as checked in.")
     section = "\n".join([
-        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/run_residual.py {' '.join(sys.argv[1:])}` "
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `{invocation}` "
         f"({total / 60:.0f} min); machine: {machine_line()}, {args.threads} thread(s) per run; code {r0['code_version']}.",
         "",
         mode,
@@ -268,9 +278,10 @@ def main() -> None:
     ])
     print(section)
     (Path(args.json) if args.json else out / "results.json").write_text(json.dumps(results, indent=1, default=float))
-    if args.results_md:
-        write_section(Path(args.results_md), section)
+    write_report(args.out, "residual", section)
+    publish(records(results, args, invocation), args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

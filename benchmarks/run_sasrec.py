@@ -1,16 +1,17 @@
-"""Train and evaluate SASRec on the real datasets and write the table to benchmarks/RESULTS.md.
+"""SASRec trained by `crbr train` on the real datasets; exports checked against the raw files.
 
-usage: python benchmarks/run_sasrec.py [--datasets ml-100k ml-1m Beauty] [--threads N] [override ...]
+usage: python -m benchmarks sasrec [--datasets ml-100k ml-1m Beauty] [--threads N] [override ...]
 
 Each dataset runs `crbr train -c configs/sasrec_<dataset>.yaml` in its own process (so peak
 RSS is per run), exports the test top-100 lists, and re-computes HR@10 / NDCG@10 from the raw
 files alone with benchmarks/verify_export.py (which does not import crbr). Protocol: leave-one-
-out, full ranking over the whole catalogue, history not masked.
+out, full ranking over the whole catalogue, history masked as the config says (not masked in the
+checked-in configs). Writes one record per dataset (suite "sasrec"; --tag names a variant, e.g.
+`--tag masked eval.mask_history=true`) and the report OUT/sasrec.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import subprocess
@@ -18,20 +19,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_section  # noqa: E402
+from ._common import (ROOT, add_data_arg, add_output_args, command_line, data_env, data_root, machine_line,
+                      parser, publish, relpath, with_tag, write_report)
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = {"ml-100k": "sasrec_ml100k.yaml", "ml-1m": "sasrec_ml1m.yaml", "Beauty": "sasrec_beauty.yaml"}
-RAW = {  # how verify_export.py reads the raw files
-    "ml-100k": ("udata", SHARED / "ml-100k" / "u.data"),
-    "ml-1m": ("seq", SHARED / "ml-1m" / "ml-1m_seq.txt"),
-    "Beauty": ("seq", SHARED / "Beauty" / "Beauty.txt"),
+RAW = {  # how verify_export.py reads the raw files, relative to the data root
+    "ml-100k": ("udata", "ml-100k/u.data"),
+    "ml-1m": ("seq", "ml-1m/ml-1m_seq.txt"),
+    "Beauty": ("seq", "Beauty/Beauty.txt"),
 }
 
 
-def run(dataset: str, out: Path, threads: int, overrides: list[str]) -> dict:
+def run(dataset: str, out: Path, threads: int, overrides: list[str], root: Path) -> dict:
     run_dir = out / f"sasrec_{dataset}"
     export = run_dir / "test_top100.parquet"
     cmd = [sys.executable, "-m", "crbr.cli.main", "train", "-c", str(ROOT / "configs" / CONFIGS[dataset]),
@@ -39,18 +38,19 @@ def run(dataset: str, out: Path, threads: int, overrides: list[str]) -> dict:
            "--export-topk", str(export), *overrides]
     print("$", " ".join(cmd), flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    subprocess.run(cmd, check=True, cwd=ROOT, env=data_env(root))
     wall = time.perf_counter() - t0
     res = json.loads((run_dir / "results.json").read_text())
     fmt, raw = RAW[dataset]
-    chk = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "verify_export.py"), fmt, str(raw), str(export)],
+    chk = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "verify_export.py"), fmt, str(root / raw), str(export)],
                          check=True, capture_output=True, text=True).stdout
     print(chk, flush=True)
     m = dict(re.findall(r"(HR@10|NDCG@10)\s*[=:]\s*([0-9.]+)", chk))
     res["verify"] = {k: float(v) for k, v in m.items()}
     res["wall_s"] = wall
+    res["run_dir"] = str(run_dir)
     res["command"] = " ".join(["crbr", "train", "-c", f"configs/{CONFIGS[dataset]}", f"train.threads={threads}",
-                               "--export-topk", "FILE", *overrides])
+                               "train.progress=false", "--export-topk", "FILE", *overrides])
     return res
 
 
@@ -70,36 +70,55 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def records(results: dict[str, dict], args, invocation: str) -> list:
+    from crbr.results import record_from_results_json
+
+    out = []
+    for ds, r in results.items():
+        v = r.get("verify", {})
+        notes = (f"Exported top-100 lists recomputed from the raw files by benchmarks/verify_export.py: "
+                 f"HR@10 {v.get('HR@10', float('nan')):.5f} / NDCG@10 {v.get('NDCG@10', float('nan')):.5f}. "
+                 f"HR@10 by popularity bucket (head -> tail): {', '.join(f'{x:.3f}' for x in r['test_bucket_hr10'])}. "
+                 f"Run by `{invocation}`.")
+        rec = record_from_results_json(Path(r["run_dir"]) / "results.json", "sasrec", r["command"],
+                                       variant=with_tag("", args.tag), notes=notes, root=ROOT)
+        rec.timings["wall_s"] = round(r["wall_s"], 1)
+        out.append(rec)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = parser("sasrec", __doc__)
     ap.add_argument("--datasets", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench"))
-    ap.add_argument("--json", default=None, help="also write all results to this JSON file")
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"),
-                    help="replace the section between the run_sasrec markers of this file ('' = do not write)")
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    if not SHARED.is_dir():
-        sys.exit(f"{SHARED} not found: the benchmark needs ../shared/data")
-    results = {ds: run(ds, Path(args.out), args.threads, args.overrides) for ds in args.datasets}
+    add_data_arg(ap)
+    add_output_args(ap, "sasrec")
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run (section.key=value)")
+    args = ap.parse_args(argv)
+    root = data_root(args.data_root)
+    missing = [ds for ds in args.datasets if not (root / RAW[ds][1]).is_file()]
+    if missing:
+        sys.exit(f"{root}: no {', '.join(RAW[ds][1] for ds in missing)} (set --data-root or $CRBR_DATA)")
+    invocation = command_line("sasrec", argv)
+    results = {ds: run(ds, Path(args.out), args.threads, args.overrides, root) for ds in args.datasets}
     print()
     for ds, r in results.items():
         print(f"## {ds}: {r['protocol']}\n   split: {r['split']}\n   command: {r['command']}")
     section = "\n".join([
-        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/run_sasrec.py {' '.join(sys.argv[1:])}`; "
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `{invocation}`; "
         f"machine: {machine_line()}; code {next(iter(results.values()))['code_version']}.",
         "",
-        *[f"- {ds}: {r['protocol']}; {r['split']}; seed {r['seed']}; `{r['command']}`" for ds, r in results.items()],
+        *[f"- {ds}: {r['protocol']}; {r['split']}; seed {r['seed']}; `{r['command']}`; run {relpath(r['run_dir'])}"
+          for ds, r in results.items()],
         "",
         table(results),
     ])
     print(section)
-    if args.results_md:
-        write_section(Path(args.results_md), "run_sasrec", section, "SASRec benchmark table (benchmarks/run_sasrec.py)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=float))
+    write_report(args.out, "sasrec", section)
+    publish(records(results, args, invocation), args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

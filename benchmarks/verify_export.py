@@ -2,6 +2,7 @@
 """Independent check of an exported top-K file against the RAW dataset (does not import crbr).
 
 usage: python benchmarks/verify_export.py RAW_FORMAT RAW_PATH EXPORT_FILE [--ks 10[,20,...]]
+   or: python -m benchmarks verify_export RAW_FORMAT RAW_PATH EXPORT_FILE [--ks 10[,20,...]]
 
 RAW_FORMAT is one of
   udata        MovieLens-100K u.data: "user<TAB>item<TAB>rating<TAB>timestamp", no header

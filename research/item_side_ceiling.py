@@ -2,15 +2,15 @@
 
 CRBR retrieves with B = 4 query vectors over Retrieval A's item vectors, so its recall
 is bounded by what any 4 queries over those vectors can express, however well they are routed.
-This script measures that bound's best fit: for every test user (leave-one-out, as bench_crbr.py)
+This script measures that bound's best fit: for every test user (leave-one-out, as the crbr suite)
 the generator's exact next-item distribution p (`SyntheticWorld.next_item_probs`) is
 approximated by a mixture of P softmaxes over the item side V,
 
     m(i) = sum_k w_k softmax(V q_k)_i,      min over q_1..q_P, w of  KL(p || m),
 
 fitted per user by Adam (the queries start at the target's mean item vectors over the P
-categories holding most of it). The target is p itself (`--fit-to exact`) or the history-only
-estimate of synthetic_oracle.py (`--fit-to estimate`). The top 50 of m over the whole catalogue is
+categories holding most of it; `crbr.analysis.fit_mixture`). The target is p itself (`--fit-to exact`)
+or the history-only estimate of research.synthetic_oracle (`--fit-to estimate`). The top 50 of m over the whole catalogue is
 then scored against p: its expected Recall@50 (the mass of p it holds) and its realized Recall@50
 (the test item in it). Ranking by m stands in for a per-path search and merge of the same queries
 (CRBR's `mixture` merge rule).
@@ -24,10 +24,10 @@ Item sides:
   truth            the generator's own features [s_i, 10 x onehot(category), log pop_i]: one
                    query per interest can express that interest's step distribution exactly
                    (up to the one-hot's finite weight)
-  Retrieval A      the trained two-tower's item vectors (what CRBR searches)
+  Retrieval A      the trained Set-Transformer retriever's item vectors (what CRBR searches)
   SASRec           the trained SASRec's item embeddings
 
-    python benchmarks/item_side_ceiling.py --runs /work/bench/crbr/synthetic [--paths 1 4] [--steps 1000] [--lr 0.2] [--limit 800]
+    python -m research.item_side_ceiling --runs runs/bench/crbr/synthetic [--paths 1 4] [--steps 1000] [--lr 0.2] [--limit 800]
 """
 
 from __future__ import annotations
@@ -41,55 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks._common import machine_line
+from benchmarks.bench_crbr import SYNTHETIC
+from crbr.analysis import ORACLE_K as K
+from crbr.analysis import fit_mixture, heldout_events, history_estimate_probs, initial_queries
+from crbr.analysis import oracle_metrics as evaluate
 
-from _common import machine_line, write_section  # noqa: E402
-from bench_crbr import SYNTHETIC  # noqa: E402
-from synthetic_oracle import K, evaluate, heldout_events, history_estimate_probs  # noqa: E402
-
-
-def fit_mixture(p: torch.Tensor, V: torch.Tensor, init: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
-    """Fit m = sum_k w_k softmax(V q_k) to each row of p by Adam on KL(p || m).
-
-    p: (U, I) target distributions (column 0 = padding, 0); V: (I, d) item side; init: (U, P, d)
-    starting queries. Returns (U, I) log m, column 0 = -inf."""
-    Q = init.clone().requires_grad_(True)
-    a = torch.zeros(init.shape[:2], requires_grad=True)  # (U, P) mixture logits
-    opt = torch.optim.Adam([Q, a], lr=lr)
-    Vr = V[1:]  # (I-1, d) real items
-    pr = p[:, 1:]
-
-    def log_m() -> torch.Tensor:
-        logits = torch.einsum("upd,id->upi", Q, Vr)  # (U, P, I-1)
-        return torch.logsumexp(torch.log_softmax(a, 1)[..., None] + torch.log_softmax(logits, -1), 1)  # (U, I-1)
-
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = -(pr * log_m()).sum(1).mean()  # cross-entropy = KL + H(p)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        out = torch.full(p.shape, float("-inf"))
-        out[:, 1:] = log_m()
-    return out
-
-
-def initial_queries(p: np.ndarray, item_cat: np.ndarray, V: np.ndarray, P: int, scale: float = 5.0) -> np.ndarray:
-    """(U, P, d): per user, the p-weighted mean item vector of each of the P categories holding the
-    most of p (P = 1: of all of p), normalized and scaled."""
-    C = int(item_cat.max()) + 1
-    cat = np.where(np.arange(len(item_cat)) > 0, item_cat, C)  # padding in its own, empty, column
-    onehot = np.zeros((len(item_cat), C + 1))
-    onehot[np.arange(len(item_cat)), cat] = 1.0
-    top = np.argsort(-(p @ onehot[:, :C]), axis=1, kind="stable")[:, :P]  # (U, P)
-    out = np.zeros((len(p), P, V.shape[1]), dtype=np.float32)
-    for k in range(P):
-        w = p if P == 1 else p * onehot[:, top[:, k]].T  # (U, I) the mass of the k-th category
-        v = w @ V
-        out[:, k] = scale * v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return out
+from . import add_report_args, publish_report
 
 
 def item_sides(world, runs: Path | None) -> dict[str, np.ndarray]:
@@ -100,7 +58,7 @@ def item_sides(world, runs: Path | None) -> dict[str, np.ndarray]:
     logpop = np.log(np.where(world.item_popularity > 0, world.item_popularity, 1.0))[:, None]
     sides["truth"] = np.concatenate([world.item_styles, onehot, logpop.astype(np.float32)], 1)
     if runs is not None:
-        from crbr.train.checkpoint import load_model_from_checkpoint
+        from crbr.models import load_model
 
         for name, stage, get in (("Retrieval A", "two_tower", lambda m: m.item_vectors()),
                                  ("SASRec", "sasrec", lambda m: m.item_emb.weight)):
@@ -108,27 +66,28 @@ def item_sides(world, runs: Path | None) -> dict[str, np.ndarray]:
             if not ckpt.exists():
                 print(f"skip {name}: {ckpt} not found", flush=True)
                 continue
-            m, _ = load_model_from_checkpoint(ckpt)
-            m.eval()
+            m, _ = load_model(ckpt)
             with torch.no_grad():
                 sides[name] = get(m).float().numpy()
     return sides
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", default=None, help="bench_crbr.py's synthetic folder (with two_tower/ and sasrec/)")
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m research.item_side_ceiling", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default=None, help="the crbr suite's synthetic folder (with two_tower/ and sasrec/)")
     ap.add_argument("--paths", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--lr", type=float, default=0.2, help="Adam's learning rate")
     ap.add_argument("--fit-to", nargs="+", default=["exact", "estimate"], choices=["exact", "estimate"],
-                    help="exact = the generator's p (an oracle user side); estimate = synthetic_oracle.py's "
+                    help="exact = the generator's p (an oracle user side); estimate = research.synthetic_oracle's "
                          "history-only estimate (EM + Bayes tastes, minutes)")
     ap.add_argument("--chunk", type=int, default=400, help="users fitted at once")
     ap.add_argument("--limit", type=int, default=0, help="only the first N users with >= 3 interests (0 = all)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="'' = do not write")
-    args = ap.parse_args()
+    add_report_args(ap, "item_side_ceiling")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from crbr.data.synthetic import SyntheticConfig, generate
@@ -167,11 +126,11 @@ def main() -> None:
     wall = time.perf_counter() - t0
 
     lines = [
-        f"Run {datetime.now():%Y-%m-%d %H:%M}, `python benchmarks/item_side_ceiling.py"
+        f"Run {datetime.now():%Y-%m-%d %H:%M}, `python -m research.item_side_ceiling"
         + (f" --runs {args.runs}" if args.runs else "") + f" --paths {' '.join(map(str, args.paths))} --steps {args.steps} --lr {args.lr}"
         + f" --fit-to {' '.join(args.fit_to)}" + (f" --limit {args.limit}" if args.limit else "") + f"` ({wall:.0f} s); machine: {machine_line()}; "
         f"{args.threads} thread(s).",
-        f"Dataset: synthetic ({SYNTHETIC}), the world of bench_crbr.py; protocol: leave-one-out, the {len(users)} "
+        f"Dataset: synthetic ({SYNTHETIC}), the world of the crbr suite; protocol: leave-one-out, the {len(users)} "
         f"test users with >= 3 true interests, top {K} over all {ds.n_items} items by the fitted mixture, nothing "
         "masked; expected Recall@50 = the exact next-item probability mass of the list.",
         "",
@@ -181,10 +140,10 @@ def main() -> None:
     lines += [f"| {f} | {n} | {P} | {e:.4f} | {r:.4f} | {s:.0f} |" for f, n, P, e, r, s in rows]
     section = "\n".join(lines)
     print(section)
-    if args.results_md:
-        write_section(Path(args.results_md), "item_side_ceiling", section,
-                      "What P queries over an item side can reach on the synthetic world (benchmarks/item_side_ceiling.py)")
+    publish_report(args, "item_side_ceiling", section,
+                   "What P queries over an item side can reach on the synthetic world (python -m research.item_side_ceiling)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,14 +1,16 @@
 """CRBR inference variants on trained checkpoints: beam branching (global top-B vs distinct
-first-layer codes) x merge (by score vs per-path quota), on the synthetic world of bench_crbr.py.
+first-layer codes) x merge (by score vs per-path quota), on the synthetic world of the crbr
+benchmark suite.
 
-usage: python benchmarks/crbr_variants.py RUN_DIR [RUN_DIR ...] [--threads 1]
+usage: python -m research.crbr_variants RUN_DIR [RUN_DIR ...] [--threads 1]
 
-Each RUN_DIR is a CRBR run (e.g. runs/bench_crbr/synthetic/crbr or crbr_<tag> from
-`bench_crbr.py --tag`); its best checkpoint is evaluated on the test split with full ranking
-over the whole catalogue (history not masked, as in bench_crbr.py on synthetic data): Recall@50
+Each RUN_DIR is a CRBR run (e.g. runs/bench/crbr/synthetic/crbr or crbr_<tag> from
+`python -m benchmarks crbr --tag TAG`); its best checkpoint is evaluated on the test split with full
+ranking over the whole catalogue (history not masked, as the crbr suite on synthetic data): Recall@50
 over all users and over users with >= 3 true interests, interest coverage@50 (true interests),
 and the mean number of distinct first-layer codes among a user's B beams. Training settings
-are read from each run's results.json. Writes the crbr_variants section of benchmarks/RESULTS.md.
+are read from each run's results.json. Prints the table and writes it to --report (and with --log
+into the crbr_variants:synthetic section of that file).
 """
 
 from __future__ import annotations
@@ -22,27 +24,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_section  # noqa: E402
-from bench_crbr import SYNTHETIC  # noqa: E402
+from benchmarks._common import machine_line
+from benchmarks.bench_crbr import SYNTHETIC
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import add_report_args, publish_report
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m research.crbr_variants", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quota", type=int, default=13, help="per-path quota of the quota merge (B=4: 13 -> 52 >= 50)")
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    args = ap.parse_args()
+    add_report_args(ap, "crbr_variants")
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from crbr.config import EvalConfig
     from crbr.data.batching import history_batch
     from crbr.data.dataset import leave_one_out, train_item_counts
     from crbr.data.synthetic import SyntheticConfig, generate
     from crbr.eval.interests import history_categories, interest_coverage
-    from crbr.train.checkpoint import load_model_from_checkpoint
+    from crbr.models import load_model
     from crbr.train.loop import build_evaluator
 
     world = generate(SyntheticConfig(**SYNTHETIC))
@@ -57,17 +60,15 @@ def main() -> None:
     observable = np.array([len(i & h) / max(len(i), 1) for i, h in zip(interests, seen)])[multi].mean()
     rows, protocol = [], ""
     for run in map(Path, args.runs):
-        m, _ = load_model_from_checkpoint(run / "checkpoints" / "best.safetensors")
-        m.eval()
+        m, _ = load_model(run / "checkpoints" / "best.safetensors")
         cfg = json.loads((run / "results.json").read_text())["config"]["model"]
         train = ", ".join(f"{k}={cfg[k]}" for k in ("train_paths", "path_sampling", "branching", "gumbel_hard", "tau_decay") if k in cfg)
         for branching in ("global", "first"):
             for quota in (0, args.quota):
-                m.config.branching, m.config.merge_quota = branching, quota
                 ev = build_evaluator(ds, split, "test", EvalConfig(mask_history=False, batch_size=256), m.config.max_len, counts)
                 with torch.no_grad():
-                    res = ev.evaluate(lambda b: m.score(b).float(), export=True)
-                    beams = m.beams(history_batch(ds, es.users, es.hist_len, m.config.max_len))
+                    res = ev.evaluate(lambda b: m.score(b, branching=branching, merge_quota=quota).float(), export=True)
+                    beams = m.beams(history_batch(ds, es.users, es.hist_len, m.config.max_len), branching=branching)
                 protocol = res.protocol
                 cov = interest_coverage(res.topk_items, interests, ds.cat_offsets, ds.cat_ids, 50)
                 hit = np.array([len(set(es.targets(r).tolist()) & set(res.topk_items[r, :50].tolist())) > 0 for r in range(len(es))])
@@ -77,7 +78,7 @@ def main() -> None:
                 print(row, flush=True)
                 rows.append(row)
     lines = [
-        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/crbr_variants.py {' '.join(sys.argv[1:])}`; "
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python -m research.crbr_variants {' '.join(argv)}`; "
         f"machine: {machine_line()}; {args.threads} thread(s).",
         f"Dataset: synthetic ({SYNTHETIC}); protocol: {protocol}. B = 4 beams; quota = at most {args.quota} items per path "
         "in the merged top 50. Coverage counts true interests; users with >= 3 interests have "
@@ -90,10 +91,11 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    if args.results_md:
-        write_section(Path(args.results_md), "crbr_variants:synthetic", section,
-                      "CRBR inference variants on the synthetic world (benchmarks/crbr_variants.py)")
+    publish_report(args, "crbr_variants", section,
+                   "CRBR inference variants on the synthetic world (python -m research.crbr_variants)",
+                   section="crbr_variants:synthetic")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

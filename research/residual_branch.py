@@ -1,8 +1,8 @@
-"""What the expert branch of a trained residual mixture adds to its scores (seed 004 model,
-crbr.models.residual_mixture), split into a part that is the same for every user and the rest.
+"""What the expert branch of a trained residual mixture adds to its scores
+(crbr.models.residual_mixture), split into a part that is the same for every user and the rest.
 
 usage:
-  python benchmarks/residual_branch.py RUN_DIR [RUN_DIR ...] [--split test] [--results-md FILE]
+  python -m research.residual_branch RUN_DIR [RUN_DIR ...] [--split test] [--log FILE]
 
 A residual-mixture score is a sum of two terms (module docstring of crbr.models.residual_mixture):
 
@@ -20,6 +20,8 @@ For each run (its checkpoints/best.safetensors and the data its embedded config 
 - the split's full-ranking metrics of the full score and of three parts: the backbone term
   alone, backbone + m, and the full score minus m.
 
+(`crbr.analysis.score_parts` and `branch_stats`.)
+
 Read it beside SASRec alone: the backbone term of a mixture is not SASRec alone, it is the
 backbone as co-trained with the experts.
 """
@@ -29,69 +31,29 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_line, write_section  # noqa: E402
+from benchmarks._common import machine_line
+from crbr.analysis import branch_stats, score_parts
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import add_report_args, publish_report
+
 SECTION = "residual_branch"
-
-
-@torch.no_grad()
-def score_parts(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The backbone term (B, I), the branch term (B, I) and the branch's user-side vectors (B, 2D)
-    of a residual mixture, before seen-item offsets; the two terms sum to the model's u'.v'."""
-    D = model.config.hidden
-    u = model.user_embedding(batch)  # (B, 3D)
-    V = model.item_vectors()  # (I, 3D)
-    return u[:, :D] @ V[:, :D].T, u[:, D:] @ V[:, D:].T, u[:, D:]
-
-
-@dataclass
-class BranchStats:
-    gate: float
-    mean_share: float  # share of the branch's user-side squared norm in its all-user mean
-    bias_std: float  # std over items of m(i)
-    rest_std: float  # std of r(u, i)
-    backbone_std: float  # std of the backbone term
-    item_bias: torch.Tensor  # (I,) m(i)
-
-
-@torch.no_grad()
-def branch_stats(model, batches) -> BranchStats:
-    """Decompose the branch over every user of `batches` (an iterable of history batches)."""
-    seqs, branches, users = [], [], []
-    for batch in batches:
-        s, b, u = score_parts(model, batch)
-        seqs.append(s), branches.append(b), users.append(u)
-    S, Bt, U = torch.cat(seqs), torch.cat(branches), torch.cat(users)  # (n, I), (n, I), (n, 2D)
-    m = Bt.mean(0)  # (I,)
-    um = U.mean(0)
-    return BranchStats(
-        gate=float(model.gate_value()),
-        mean_share=float((um ** 2).sum() / (U ** 2).sum(1).mean().clamp(min=1e-30)),
-        bias_std=float(m[1:].std()),
-        rest_std=float((Bt - m)[:, 1:].std()),
-        backbone_std=float(S[:, 1:].std()),
-        item_bias=m,
-    )
 
 
 def analyse(run_dir: Path, split_name: str) -> dict:
     from crbr.config import ExperimentConfig, from_dict
     from crbr.data.batching import eval_batches
     from crbr.data.prepare import prepare_with_split
-    from crbr.train.checkpoint import load_model_from_checkpoint
+    from crbr.models import load_model
     from crbr.train.loop import build_evaluator
 
     ckpt = run_dir / "checkpoints" / "best.safetensors"
     if not ckpt.exists():
         raise FileNotFoundError(f"{ckpt} not found (a finished `crbr train` run of residual_mixture?)")
-    model, meta = load_model_from_checkpoint(ckpt)
+    model, meta = load_model(ckpt)
     if meta.get("model_name") != "residual_mixture" or model.config.mixture != "residual":
         raise ValueError(f"{ckpt}: not a residual mixture (model {meta.get('model_name')!r})")
     model.eval()
@@ -121,13 +83,15 @@ def analyse(run_dir: Path, split_name: str) -> dict:
             "protocol": rows["full"].protocol, "noise": model.config.expert_inputs}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(prog="python -m research.residual_branch", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories of residual-mixture trainings")
     ap.add_argument("--split", default="test", choices=["valid", "test"])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results-md", default="", help="write a section between the residual_branch markers of this file")
-    args = ap.parse_args()
+    add_report_args(ap, SECTION)
+    args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     res = [analyse(Path(r), args.split) for r in args.runs]
@@ -143,13 +107,13 @@ def main() -> None:
     table = "\n".join(lines)
     print(f"protocol ({args.split}): {res[0]['protocol']}")
     print(table)
-    if args.results_md:
-        section = "\n".join([
-            f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python benchmarks/residual_branch.py "
-            f"{' '.join(sys.argv[1:])}` ({(time.perf_counter() - t0) / 60:.0f} min); machine: {machine_line()}.",
-            "", f"- Split {args.split}: {res[0]['protocol']}.", "", table])
-        write_section(Path(args.results_md), SECTION, section)
+    section = "\n".join([
+        f"Run {time.strftime('%Y-%m-%d %H:%M')}, `python -m research.residual_branch "
+        f"{' '.join(argv)}` ({(time.perf_counter() - t0) / 60:.0f} min); machine: {machine_line()}.",
+        "", f"- Split {args.split}: {res[0]['protocol']}.", "", table])
+    publish_report(args, SECTION, section, "What the residual branch adds (python -m research.residual_branch)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
