@@ -61,6 +61,7 @@ class DataContext:
     categories:         item -> categories CSR: offsets (I + 1,), ids; None without categories
     category_names:     the name of each category id
     features:           name -> (I, F) float32 frozen item features, one per `feature_specs` entry
+                        (a spec "ids:PATH" gives a semantic-ID table instead: (I, L + 1) int64)
 
     item_counts, categories and category_names may be given as functions that compute them; they
     are then computed when first read (a model that never reads them costs nothing).
@@ -133,8 +134,9 @@ class Recommender(torch.nn.Module, abc.ABC):
 
     @classmethod
     def feature_specs(cls, params: dict[str, Any]) -> dict[str, str]:
-        """Frozen item features to load before the model is built: name -> crbr.features spec.
-        Default: the config's `item_features` spec, if it has one, under the name "item"."""
+        """Per-item data to load before the model is built: name -> crbr.features spec, or
+        "ids:PATH" for a semantic-ID file. Default: the config's `item_features` spec, if it has
+        one, under the name "item"."""
         spec = params.get("item_features", "")
         return {"item": spec} if spec else {}
 

@@ -19,9 +19,11 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, embedded_config, load_weights, read_metadata, verify_weights
 from ..data.dataset import SequenceDataset, Split, train_item_counts
+from ..data.item_codes import read_item_codes
 from ..settings import from_dict
 from .base import DataContext, Recommender
 from .crbr_model import CRBR
+from .generative import GenerativeRetriever
 from .pinnerformer import PinnerFormer
 from .qformer import QFormer
 from .residual_mixture import ResidualMixture
@@ -29,7 +31,7 @@ from .sasrec import SASRec
 from .set_transformer import SetTransformerRetriever
 
 MODEL_CLASSES: tuple[type[Recommender], ...] = (SASRec, PinnerFormer, QFormer, SetTransformerRetriever, CRBR,
-                                                ResidualMixture)
+                                                ResidualMixture, GenerativeRetriever)
 # name -> (model class, config class)
 MODELS: dict[str, tuple[type[Recommender], type]] = {c.model_name: (c, c.config_class) for c in MODEL_CLASSES}
 # old names that still work, with the name to use instead
@@ -38,6 +40,7 @@ ALIASES: dict[str, str] = {"two_tower": "set_transformer"}
 NESTED_CHECKPOINTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tower_checkpoint": ("tower", ("qformer",)),
     "base_checkpoint": ("base", ("set_transformer", "two_tower")),
+    "profile_checkpoint": ("profile", ("qformer",)),
 }
 
 
@@ -86,9 +89,14 @@ def data_context(ds: SequenceDataset, split: Split | None, feature_specs: dict[s
     def categories() -> tuple[np.ndarray, np.ndarray] | None:
         return None if ds.cat_offsets is None else (np.asarray(ds.cat_offsets), np.asarray(ds.cat_ids))
 
+    def load(spec: str) -> np.ndarray:
+        if spec.startswith("ids:"):  # a semantic-ID file: (I, L + 1) int64 codes
+            return read_item_codes(spec[len("ids:"):], ds.item_ids)
+        return item_features(ds, spec)
+
     return DataContext(n_items=ds.n_items, n_actions=ds.n_actions, item_counts=counts, categories=categories,
                        category_names=lambda: list(ds.category_names),
-                       features={name: item_features(ds, spec) for name, spec in feature_specs.items()})
+                       features={name: load(spec) for name, spec in feature_specs.items()})
 
 
 def model_config(name: str, params: dict | None, ds: SequenceDataset | None = None,

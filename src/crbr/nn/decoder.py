@@ -1,0 +1,63 @@
+"""A causal decoder block that can continue many sequences from one shared context.
+
+`forward(x, mask)` runs a (B, T) sequence and can keep each layer's keys and values; `extend`
+then runs new tokens for N continuations (e.g. beams, or candidate items) of those sequences,
+each attending to its own sequence's cached keys / values and causally to its new tokens, without
+recomputing or copying the context per continuation more than one chunk at a time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm: x + MHA(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, d: int, n_heads: int, ffn: int, dropout: float):
+        super().__init__()
+        if d % n_heads:
+            raise ValueError(f"width {d} not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Dropout(dropout), nn.Linear(ffn, d))
+        self.drop = nn.Dropout(dropout)
+        self.p = dropout
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        return q, k, v  # each (B, H, T, dh)
+
+    def _finish(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        B, H, T, dh = a.shape
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, T, H * dh)))
+        return x + self.drop(self.ffn(self.ln2(x)))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor,
+                cache: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """x (B, T, D), mask (B, 1, T, T) bool (True = may attend); appends (k, v) to `cache`."""
+        q, k, v = self._qkv(x)
+        if cache is not None:
+            cache.append((k, v))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        return self._finish(x, a)
+
+    def extend(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor,
+               past_mask: torch.Tensor) -> torch.Tensor:
+        """New tokens x (N, j, D) continuing sequences rows (N,) of the cached past keys / values
+        ((B, H, T, dh) each) whose keys past_mask (B, T) may be attended to; the new tokens see
+        the past and, causally, each other."""
+        q, k, v = self._qkv(x)  # (N, H, j, dh)
+        pk, pv = past[0][rows], past[1][rows]  # (N, H, T, dh)
+        K, V = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
+        j = x.shape[1]
+        causal = torch.ones(j, j, dtype=torch.bool, device=x.device).tril()
+        mask = torch.cat([past_mask[rows][:, None, :].expand(-1, j, -1), causal.expand(len(rows), j, j)], 2)
+        a = F.scaled_dot_product_attention(q, K, V, attn_mask=mask[:, None])
+        return self._finish(x, a)
