@@ -128,8 +128,10 @@ def records(results: dict[str, dict], args, invocation: str) -> list:
 
     out = []
     for name, r in results.items():
+        # a run given with --existing under a name of its own gets that name as its variant
+        variant = VARIANT.get(name, "" if name in RUNS or name == "sasrec" else name)
         rec = record_from_results_json(Path(r["run_dir"]) / "results.json", "towers", r["command"],
-                                       variant=with_tag(VARIANT.get(name, ""), args.tag), root=ROOT,
+                                       variant=with_tag(variant, args.tag), root=ROOT,
                                        notes=f"{LABEL.get(name, name)}. Run by `{invocation}`; training capped at "
                                              f"{args.minutes:g} min.")
         if r.get("masked"):  # re-evaluated with history masked
