@@ -10,7 +10,7 @@ it (function-local imports included). Layers, bottom to top:
   semantic_ids                         analysis of trained models and finished runs; item
                                        tokenizers (RQ-VAE trains through the loop)
   federated, pipeline                  federated training; multi-stage chains
-  cli                                  the command line
+  cli, serve                           the command line; the HTTP service
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ LAYERS = [
     {"eval", "index"},
     {"retrieval", "train", "results", "analysis", "semantic_ids"},
     {"federated", "pipeline"},
-    {"cli"},
+    {"cli", "serve"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
