@@ -173,3 +173,27 @@ def serve():
     yield start
     for s in started:
         s.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """The LiveServer class, for fixtures that start their own server."""
+    return LiveServer
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """cli(argv) -> exit code of `crbr ARGV` (with crbr.cli.serve's commands)."""
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def make_experiment():
+    """make_experiment(model settings) -> the ExperimentConfig of a model on the test world."""
+    return experiment
+
+
+@pytest.fixture(scope="session")
+def world_settings() -> dict:
+    """The SyntheticConfig settings of the test world."""
+    return dict(WORLD)

@@ -105,3 +105,19 @@ def cmd_serve(args) -> int:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False, ws="none",
                 timeout_graceful_shutdown=10)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m crbr.cli.serve ARGS` = `crbr serve ARGS` (crbr.cli.main's parser and logging)."""
+    from . import main as cli_main
+
+    parser = cli_main.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    add_commands(sub)
+    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    cli_main._setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -92,6 +93,8 @@ def field_name(loc: tuple | list) -> str:
         parts = parts[1:]
     out = ""
     for p in parts:
+        if p == "[key]":  # a mapping key's own error: the field is the key
+            continue
         if isinstance(p, int):
             out += f"[{p}]"
         else:
@@ -109,8 +112,11 @@ def validation_detail(errors: list[dict]) -> list[tuple[str, str, str]]:
             out.append(("body", f"invalid JSON at character {pos}: {e.get('ctx', {}).get('error', '')}", kind))
             continue
         msg = e.get("msg", "invalid")
+        value = e.get("input")
         if kind == "missing" and not loc[1:]:
             msg = "a JSON object body is required"
+        elif isinstance(value, float) and not math.isfinite(value):
+            msg = f"{msg}: got {value!r}; JSON numbers must be finite"
         out.append((field_name(loc), msg, kind))
     return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import math
 import threading
@@ -30,7 +31,7 @@ import torch
 
 from ..checkpoint import read_metadata
 from ..index import ItemIndex, Scope, load_index
-from ..index.cli import Catalogue
+from ..index.cli import CATALOGUE_JSON, Catalogue
 from ..models import load_model
 from ..models.base import Recommender
 from ..retrieval import retrieve
@@ -495,10 +496,6 @@ def load_snapshot(checkpoint: str, index_path: str | None = None, catalogue_path
     n = model_n_items(model)
     if n is not None and n != catalogue.n_items:
         raise LoadError(f"the catalogue has {catalogue.n_items:,} items, the model {n:,}: they are not of one dataset")
-    if catalogue.checkpoint_sha256 and sha and catalogue.checkpoint_sha256 != sha and not allow_index_mismatch:
-        raise LoadError(f"the catalogue/index at {catalogue_path or index_path} was built from another checkpoint "
-                        f"(sha256 {catalogue.checkpoint_sha256[:12]}..., this one {sha[:12]}...); rebuild it with "
-                        "`crbr index build --checkpoint` (or allow the mismatch explicitly)")
     index = None
     if index_path:
         if model.ranking != "score" or model.vector_scores is None:
@@ -510,6 +507,13 @@ def load_snapshot(checkpoint: str, index_path: str | None = None, catalogue_path
                 index.tune(**index_params)
         except (OSError, ValueError, RuntimeError) as e:
             raise LoadError(f"index {index_path}: {e}") from e
+        built_for = ""
+        if Catalogue.exists(index_path):  # the checkpoint the index's vectors came from
+            built_for = json.loads((Path(index_path) / CATALOGUE_JSON).read_text()).get("checkpoint_sha256", "")
+        if built_for and sha and built_for != sha and not allow_index_mismatch:
+            raise LoadError(f"the index at {index_path} was built from another checkpoint (sha256 {built_for[:12]}..., "
+                            f"this one {sha[:12]}...): its item vectors are not this model's; rebuild it with "
+                            "`crbr index build --checkpoint` (or allow the mismatch explicitly)")
         with torch.no_grad():
             d = int(model.item_vectors().shape[1])
         if index.d != d:
