@@ -153,6 +153,7 @@ class Snapshot:
         order = np.argsort(ids, kind="stable")
         self._sorted_ids, self._sorted_rows = ids[order], (order + 1).astype(np.int64)
         self._item_ids = np.concatenate([[""], ids]).astype(str)
+        self.catalogue.item_ids = self._item_ids  # one copy (fixed-width strings, not 1M Python objects)
         self._actions = {name: i for i, name in enumerate(self.catalogue.action_names) if i > 0}
         self._categories = {name: i for i, name in enumerate(self.catalogue.category_names)}
 
