@@ -76,7 +76,7 @@ class GenerativeConfig:
     action_weight: float = 0.5  # loss = code cross-entropy + action_weight x action cross-entropy
     control_prob: float = 0.0  # share of training events preceded by a control token describing them
     beam: int = 50  # beam width at inference (at least k)
-    decode_chunk: int = 64  # users decoded together
+    decode_chunk: int = 256  # users decoded together
 
     def __post_init__(self) -> None:
         if isinstance(self.profile, dict):
@@ -355,12 +355,13 @@ class GenerativeRetriever(Recommender):
         keys, _ = cache.pop()
         return Context(cache, keys, h[:, -1], user)
 
-    def extend(self, ctx: Context, codes: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """States (N, j, D) of the new event's first j code tokens codes (N, j), continuing users rows (N,)."""
-        x = torch.stack([self.code_embeddings[l](codes[:, l]) for l in range(codes.shape[1])], 1)
-        x = x + self.slot_emb.weight[1 : codes.shape[1] + 1][None] + self.event_pos.weight[self.config.window]
+    def extend(self, ctx: Context, codes: torch.Tensor) -> torch.Tensor:
+        """States (B, G, j, D) of the new event's first j code tokens codes (B, G, j): G
+        continuations (beams, candidates) of each user's history."""
+        x = torch.stack([self.code_embeddings[l](codes[..., l]) for l in range(codes.shape[-1])], -2)
+        x = x + self.slot_emb.weight[1 : codes.shape[-1] + 1] + self.event_pos.weight[self.config.window]
         for blk, past in zip(self.blocks, ctx.cache):
-            x = blk.extend(x, past, rows, ctx.key_mask)
+            x = blk.extend(x, past, ctx.key_mask)
         return self.final_ln(x)
 
     def control_id(self, control: "str | int | None") -> int:
@@ -413,13 +414,12 @@ class GenerativeRetriever(Recommender):
         nodes = ctx.last.new_zeros(n, 1, dtype=torch.long)  # the root
         scores = ctx.last.new_zeros(n, 1)
         gen = nodes.new_zeros(n, 1, 0)
-        rows = torch.arange(n, device=nodes.device)
         for j, head in enumerate(self.code_heads):
             b = nodes.shape[1]
             if j == 0:
                 h = ctx.last[:, None]  # (n, 1, D)
             else:
-                h = self.extend(ctx, gen.reshape(n * b, j), rows.repeat_interleave(b))[:, -1].view(n, b, -1)
+                h = self.extend(ctx, gen)[:, :, -1]  # (n, b, D)
             logp = F.log_softmax(head(h).float(), -1)  # (n, b, K)
             child = trie.child(j, nodes)  # (n, b, K)
             ok = child >= 0
@@ -440,10 +440,11 @@ class GenerativeRetriever(Recommender):
         the action that would follow it (B, C, A), by teacher-forcing its codes."""
         ctx = self.context(batch, self.control_id(control))
         B, C = candidates.shape
-        codes = self.item_codes[candidates].reshape(B * C, -1)  # (B*C, levels)
-        rows = torch.arange(B, device=candidates.device).repeat_interleave(C)
-        h = self.extend(ctx, codes, rows)  # (B*C, levels, D): token l predicts level l + 1
-        states = torch.cat([ctx.last[rows][:, None], h[:, :-1]], 1)  # state predicting each level
+        codes3 = self.item_codes[candidates]  # (B, C, levels)
+        h = self.extend(ctx, codes3).reshape(B * C, codes3.shape[-1], -1)  # token l predicts level l + 1
+        codes = codes3.reshape(B * C, -1)
+        last = ctx.last[:, None].expand(B, C, -1).reshape(B * C, 1, -1)
+        states = torch.cat([last, h[:, :-1]], 1)  # the state predicting each level
         ll = sum(F.log_softmax(head(states[:, l]).float(), -1).gather(1, codes[:, l:l + 1])[:, 0]
                  for l, head in enumerate(self.code_heads))
         e_final, _ = self.item_final(candidates, ctx.user)

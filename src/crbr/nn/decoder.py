@@ -48,16 +48,24 @@ class DecoderBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         return self._finish(x, a)
 
-    def extend(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor], rows: torch.Tensor,
-               past_mask: torch.Tensor) -> torch.Tensor:
-        """New tokens x (N, j, D) continuing sequences rows (N,) of the cached past keys / values
-        ((B, H, T, dh) each) whose keys past_mask (B, T) may be attended to; the new tokens see
-        the past and, causally, each other."""
-        q, k, v = self._qkv(x)  # (N, H, j, dh)
-        pk, pv = past[0][rows], past[1][rows]  # (N, H, T, dh)
-        K, V = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
-        j = x.shape[1]
+    def extend(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor], past_mask: torch.Tensor) -> torch.Tensor:
+        """New tokens x (B, G, j, D): G continuations of each of the B cached sequences (past keys
+        and values (B, H, T, dh), attendable keys past_mask (B, T)); each continuation sees its
+        sequence's past and, causally, its own new tokens. Returns (B, G, j, D). The past is read
+        once per sequence, never copied per continuation."""
+        B, G, j, D = x.shape
+        q, k, v = self._qkv(x.reshape(B * G, j, D))  # (B*G, H, j, dh)
+        H, dh = q.shape[1], q.shape[3]
+        q, k, v = (t.view(B, G, H, j, dh) for t in (q, k, v))
+        pk, pv = past
+        scale = dh ** -0.5
+        s_past = torch.einsum("bghjd,bhtd->bghjt", q, pk) * scale  # (B, G, H, j, T)
+        s_past = s_past.masked_fill(~past_mask[:, None, None, None, :], float("-inf"))
+        s_new = torch.einsum("bghjd,bghkd->bghjk", q, k) * scale  # (B, G, H, j, j)
         causal = torch.ones(j, j, dtype=torch.bool, device=x.device).tril()
-        mask = torch.cat([past_mask[rows][:, None, :].expand(-1, j, -1), causal.expand(len(rows), j, j)], 2)
-        a = F.scaled_dot_product_attention(q, K, V, attn_mask=mask[:, None])
-        return self._finish(x, a)
+        s_new = s_new.masked_fill(~causal, float("-inf"))
+        p = torch.softmax(torch.cat([s_past, s_new], -1), -1)
+        T = pk.shape[2]
+        a = torch.einsum("bghjt,bhtd->bghjd", p[..., :T], pv) + torch.einsum("bghjk,bghkd->bghjd", p[..., T:], v)
+        out = self._finish(x.reshape(B * G, j, D), a.reshape(B * G, H, j, dh))
+        return out.view(B, G, j, D)
