@@ -207,3 +207,15 @@ def test_it_learns_items_and_actions_on_the_synthetic_world(tmp_path):
     neg = np.isin(truth, neg_ids)
     score = p[:, neg_ids].sum(1).numpy()
     assert auc(score[neg], score[~neg]) > 0.6
+
+
+def test_models_declare_the_options_their_rank_takes():
+    import inspect
+
+    from crbr.models import MODELS
+
+    for name, (cls, _) in MODELS.items():
+        params = inspect.signature(cls.rank).parameters
+        for opt in cls.rank_options:
+            assert opt in params or any(p.kind is p.VAR_KEYWORD for p in params.values()), (name, opt)
+    assert "control" in MODELS["generative"][0].rank_options

@@ -117,6 +117,8 @@ class Recommender(torch.nn.Module, abc.ABC):
     ranking: ClassVar[str] = "score"
     # "dot" | "max" | None: how score relates to user_vectors / item_vectors (module docstring)
     vector_scores: ClassVar[str | None] = None
+    # the inference options rank() (and score(), for scoring models) accept at call time
+    rank_options: ClassVar[tuple[str, ...]] = ()
     # True for models whose loss may leave some trainable parameters unused in a batch (a branch
     # switched off or skipped); the training loop then builds DDP with find_unused_parameters
     ddp_find_unused_parameters: ClassVar[bool] = False

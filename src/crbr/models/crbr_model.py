@@ -199,6 +199,7 @@ class CRBR(Recommender):
     model_name = "crbr"
     config_class = CRBRConfig
     vector_scores = "max"  # score = max over the beam paths' queries (plus path offsets: query_vectors)
+    rank_options = ("beam", "branching", "merge_quota", "merge_score")
 
     def __init__(self, config: CRBRConfig):
         super().__init__()

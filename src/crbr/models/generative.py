@@ -160,6 +160,7 @@ class GenerativeRetriever(Recommender):
     model_name = "generative"
     config_class = GenerativeConfig
     ranking = "rank"
+    rank_options = ("beam", "control")
 
     def __init__(self, config: GenerativeConfig):
         super().__init__()
