@@ -291,10 +291,10 @@ def run_control(a, argv, out: Path) -> list:
                            model={"name": "generative", "semantic_ids": str(ids), "window": 20, "hidden": 64,
                                   "n_layers": 2, "n_heads": 2, "control_prob": 0.3, "action_weight": 0.5, "beam": 50},
                            train=TrainConfig(epochs=100, batch_size=128, lr=2e-3, windows="all", window_stride=20,
-                                             patience=3, eval_every=3, max_minutes=a.minutes, progress=False,
+                                             patience=3, eval_every=100000, max_minutes=a.minutes, progress=False,
                                              threads=a.threads, seed=a.seed))
     gen, gres = train(cfg, ds, split, out / "generative_control")
-    es = split.test
+    es = split.test.subset(np.arange(min(a.users, len(split.test))))
     cat = np.asarray(world.item_category)
     offsets = np.asarray(ds.offsets)
     seen = [set(cat[np.asarray(ds.items)[offsets[u] : offsets[u] + es.hist_len[i]]].tolist()) for i, u in enumerate(es.users)]
@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default="Beauty-text", choices=sorted(CONFIGS))
     ap.add_argument("--minutes", type=float, default=25.0, help="training cap of every model")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--users", type=int, default=1000, help="test users of the control measurements")
     ap.add_argument("--seed", type=int, default=42)
     add_output_args(ap, "generative")
     add_data_arg(ap)

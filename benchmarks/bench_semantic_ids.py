@@ -31,7 +31,7 @@ LEVELS, K = 3, 256
 SYNTHETIC = {"seed": 0, "n_users": 4000, "n_items": 4000, "n_categories": 60, "min_interests": 1, "max_interests": 5}
 
 
-def build_one(kind: str, x: np.ndarray, seed: int, run_dir: str) -> tuple[np.ndarray, float, float, dict]:
+def build_one(kind: str, x: np.ndarray, seed: int, run_dir: str, rqvae_epochs: int = 60) -> tuple[np.ndarray, float, float, dict]:
     """In a fresh process: codes (N, L), seconds, peak RSS (MiB), tokenizer details."""
     import torch
 
@@ -42,7 +42,8 @@ def build_one(kind: str, x: np.ndarray, seed: int, run_dir: str) -> tuple[np.nda
     t0 = time.perf_counter()
     info: dict = {}
     if kind == "rq-vae":
-        codes, model = train_rqvae(x, RQVAEConfig(levels=LEVELS, codebook_size=K), run_dir=run_dir, seed=seed)
+        codes, model = train_rqvae(x, RQVAEConfig(levels=LEVELS, codebook_size=K), run_dir=run_dir, seed=seed,
+                                   epochs=rqvae_epochs, patience=5)
         u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         info["reconstruction_error_latent_model"] = model.reconstruction_error(torch.from_numpy(u.astype(np.float32)))
         codebooks = None
@@ -57,9 +58,9 @@ def build_one(kind: str, x: np.ndarray, seed: int, run_dir: str) -> tuple[np.nda
     return codes, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, info
 
 
-def run_isolated(kind: str, x: np.ndarray, seed: int, run_dir: str):
+def run_isolated(kind: str, x: np.ndarray, seed: int, run_dir: str, rqvae_epochs: int):
     with cf.ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        return pool.submit(build_one, kind, x, seed, run_dir).result()
+        return pool.submit(build_one, kind, x, seed, run_dir, rqvae_epochs).result()
 
 
 def collaborative(ds, split, name: str, a, out: Path) -> np.ndarray:
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collab", default="", help="a SASRec checkpoint for the collaborative input (one dataset)")
     ap.add_argument("--collab-minutes", type=float, default=10.0, help="training cap of the SASRec trained otherwise")
     ap.add_argument("--no-collab", action="store_true")
+    ap.add_argument("--rqvae-epochs", type=int, default=60, help="RQ-VAE training epochs (early stopping, patience 5)")
     ap.add_argument("--seed", type=int, default=0)
     add_output_args(ap, "semantic_ids")
     add_data_arg(ap)
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 if kind.startswith("rq-kmeans-k1") and input_name != "truth":
                     continue
-                codes, secs, peak, info = run_isolated(kind, x, a.seed, str(out / f"rqvae_{name}_{input_name}"))
+                codes, secs, peak, info = run_isolated(kind, x, a.seed, str(out / f"rqvae_{name}_{input_name}"),
+                                                       a.rqvae_epochs)
                 r = evaluate(name, ds, split, input_name, X, kind, codes, secs, peak, info, a, argv, world)
                 records.append(r)
                 lines.append(summary(r))
@@ -203,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             records.append(letter_record(ds, split, a, argv))
             lines.append(summary(records[-1]))
             print(lines[-1], flush=True)
+        publish(records, a)  # after every dataset, so a long run keeps what it finished
+        records = []
     write_report(out, "semantic_ids", f"`{command_line('semantic_ids', argv)}`\n\n" + "\n".join(lines))
-    publish(records, a)
     return 0
 
 
