@@ -23,6 +23,7 @@ from ..data.item_codes import read_item_codes
 from ..settings import from_dict
 from .base import DataContext, Recommender
 from .crbr_model import CRBR
+from .dgi import DGI
 from .generative import GenerativeRetriever
 from .pinnerformer import PinnerFormer
 from .qformer import QFormer
@@ -31,7 +32,7 @@ from .sasrec import SASRec
 from .set_transformer import SetTransformerRetriever
 
 MODEL_CLASSES: tuple[type[Recommender], ...] = (SASRec, PinnerFormer, QFormer, SetTransformerRetriever, CRBR,
-                                                ResidualMixture, GenerativeRetriever)
+                                                ResidualMixture, GenerativeRetriever, DGI)
 # name -> (model class, config class)
 MODELS: dict[str, tuple[type[Recommender], type]] = {c.model_name: (c, c.config_class) for c in MODEL_CLASSES}
 # old names that still work, with the name to use instead
