@@ -441,18 +441,6 @@ class DGI(GenerativeRetriever):
         return self
 
     # ------------------------------------------------------------------ training
-    def soft_event_tokens(self, controls: torch.Tensor, code_inputs: torch.Tensor, actions: torch.Tensor,
-                          e_final: torch.Tensor | None) -> torch.Tensor:
-        """(B, N, S, D) event tokens as GenerativeRetriever.event_tokens, with the code slots given
-        as vectors code_inputs (B, N, levels, D) (soft codes, then the disambiguation vector)."""
-        N = controls.shape[1]
-        act = self.action_emb(actions)
-        act = act if e_final is None else act + e_final
-        x = torch.cat([self.control_emb(controls)[:, :, None], code_inputs.to(act.dtype), act[:, :, None]], 2)
-        x = x + self.slot_emb.weight[None, None]
-        pos = torch.arange(self.config.window + 1 - N, self.config.window + 1, device=controls.device)
-        return x + self.event_pos(pos)[None, :, None, :]
-
     def loss(self, batch: dict[str, torch.Tensor]) -> LossOutput:
         c = self.config
         W = min(c.window, batch["items"].shape[1])
@@ -472,7 +460,7 @@ class DGI(GenerativeRetriever):
             d = self.item_codes[events, c.code_levels]  # from the current table
             code_in = torch.cat([code_in, self.code_embeddings[c.code_levels](d)[:, :, None].float()], 2)
             targets = torch.cat([targets, d[..., None]], -1)
-        x = self.soft_event_tokens(controls, code_in, actions, e_final)
+        x = self.event_tokens(events, actions, controls, e_final, code_vectors=code_in)
         B, N, S, D = x.shape
         real = events > 0
         h = self.run(prefix, x.reshape(B, N * S, D), real[..., None].expand(B, N, S).reshape(B, N * S)).view(B, N, S, D)

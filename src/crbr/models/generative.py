@@ -259,15 +259,19 @@ class GenerativeRetriever(Recommender):
         return self.residual(items, user)
 
     def event_tokens(self, items: torch.Tensor, actions: torch.Tensor, controls: torch.Tensor,
-                     e_final: torch.Tensor | None, newest: int | None = None) -> torch.Tensor:
+                     e_final: torch.Tensor | None, newest: int | None = None,
+                     code_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """(B, N, S, D) the tokens of N events: [CTRL] c_1 .. d [ACTION], slot and position added;
-        the newest event is at position `newest` (default: window, the predicted event's place)."""
-        L, N = self.config.levels, items.shape[1]
-        codes = self.item_codes[items]  # (B, N, L)
-        tok = [self.control_emb(controls)] + [emb(codes[..., l]) for l, emb in enumerate(self.code_embeddings)]
+        the newest event is at position `newest` (default: window, the predicted event's place).
+        code_vectors (B, N, levels, D) replace the code embeddings (models whose codes are soft)."""
+        N = items.shape[1]
+        if code_vectors is None:
+            codes = self.item_codes[items]  # (B, N, L)
+            code_vectors = torch.stack([emb(codes[..., l]) for l, emb in enumerate(self.code_embeddings)], 2)
         act = self.action_emb(actions)
-        tok.append(act if e_final is None else act + e_final)
-        x = torch.stack(tok, 2) + self.slot_emb.weight[None, None]  # (B, N, S, D)
+        act = act if e_final is None else act + e_final
+        x = torch.cat([self.control_emb(controls)[:, :, None], code_vectors.to(act.dtype), act[:, :, None]], 2)
+        x = x + self.slot_emb.weight[None, None]  # (B, N, S, D)
         end = self.config.window if newest is None else newest
         pos = torch.arange(end + 1 - N, end + 1, device=items.device)
         return x + self.event_pos(pos)[None, :, None, :]
