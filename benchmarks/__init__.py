@@ -45,6 +45,10 @@ ENTRIES = [
           "over a 1M-item catalogue"),
     Entry("qformer_efficiency", "bench_qformer_efficiency", "Q-Former encoder against self-attention: "
           "step time and peak memory as the history grows"),
+    Entry("semantic_ids", "bench_semantic_ids", "semantic-ID tokenizers (RQ-KMeans variants, RQ-VAE, published "
+          "LETTER IDs) judged by the health report"),
+    Entry("generative", "bench_generative", "the generative retriever against SASRec from the same run: "
+          "retrieval, action alignment, controls"),
     Entry("compare_runs", "compare_runs", "finished `crbr train` runs side by side, validation metric "
           "at equal wall-clock", "tool"),
     Entry("paired_seeds", "paired_seeds", "paired comparison of runs over seeds: difference, "

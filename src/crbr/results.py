@@ -45,6 +45,8 @@ SUITES = {
     "ann": "ANN indexes against exact search (`python -m benchmarks ann`)",
     "eval_memory": "Evaluation memory (`python -m benchmarks eval_memory`)",
     "qformer_efficiency": "Q-Former against self-attention: time and memory (`python -m benchmarks qformer_efficiency`)",
+    "semantic_ids": "Semantic-ID tokenizers and their health (`python -m benchmarks semantic_ids`)",
+    "generative": "Generative retrieval with actions and controls (`python -m benchmarks generative`)",
 }
 
 # Readable names of models in the rendered tables, for records whose model name needs one (a record
