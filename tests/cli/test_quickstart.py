@@ -112,7 +112,7 @@ def test_next_steps_name_this_runs_folders(tmp_path):
     for cmd in re.findall(r"-c (configs/\S+\.yaml)", text):
         assert (Path(__file__).resolve().parents[2] / cmd).is_file(), cmd
     assert ("crbr serve --help" in text) == has_command("serve")  # suggested only where it exists
-    assert has_command("quickstart") and not has_command("no-such-command")
+    assert has_command("semantic-ids") and not has_command("no-such-command")
 
 
 def test_a_redirected_quickstart_log_has_no_progress_bars_and_no_third_party_info(tmp_path):

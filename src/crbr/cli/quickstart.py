@@ -14,6 +14,7 @@ redirected log holds the epoch lines and nothing else.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import sys
@@ -219,13 +220,9 @@ def run_quickstart(args) -> int:
 
 
 def has_command(name: str) -> bool:
-    """Whether this installation's `crbr` has the subcommand `name`."""
-    import argparse
-
-    from .main import build_parser
-
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return name in sub.choices
+    """Whether this installation has the `crbr` subcommand `name` (its module crbr.cli.<name>;
+    the commands of crbr.cli.main itself are always there)."""
+    return importlib.util.find_spec(f"crbr.cli.{name.replace('-', '_')}") is not None
 
 
 def next_steps(out: Path) -> str:
