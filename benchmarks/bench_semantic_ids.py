@@ -17,7 +17,6 @@ import argparse
 import concurrent.futures as cf
 import datetime as dt
 import multiprocessing as mp
-import resource
 import sys
 import time
 from pathlib import Path
@@ -55,7 +54,16 @@ def build_one(kind: str, x: np.ndarray, seed: int, run_dir: str, rqvae_epochs: i
         codebooks = tok.codebooks
     secs = time.perf_counter() - t0
     info["codebooks"] = codebooks
-    return codes, secs, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, info
+    return codes, secs, peak_rss_mib(), info
+
+
+def peak_rss_mib() -> float:
+    """This process's resident-memory high-water mark. VmHWM belongs to the process's own memory
+    map; ru_maxrss would not do: Linux carries it over from the parent across fork and exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_isolated(kind: str, x: np.ndarray, seed: int, run_dir: str, rqvae_epochs: int):
