@@ -94,7 +94,7 @@ def run_retrieval(a, argv, out: Path) -> list:
     gcfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
     scfg = experiment(SASREC[a.dataset], a, out, [f"data.name={a.dataset}", f"out_dir={out / 'sasrec'}"])
     gen, gres = train(gcfg, ds, split, out / "generative")
-    sas, sres = train(scfg, ds, split, out / "sasrec")
+    sas, sres = (None, None) if a.no_sasrec else train(scfg, ds, split, out / "sasrec")
     records, lines = [], []
     for mask in (False, True):
         tag = "masked" if mask else "unmasked"
@@ -106,15 +106,18 @@ def run_retrieval(a, argv, out: Path) -> list:
             t0 = time.perf_counter()
             g = ev.evaluate_model(gen, beam=gen.config.beam)
             g_s = time.perf_counter() - t0
-        s = build_evaluator(ds, split, "test", gcfg.eval, sas.max_len).evaluate_model(sas)
         records.append(record(a, argv, a.dataset, "generative", tag, g,
                               {"train_s": gres["train_seconds"], "epochs": gres["epochs_run"], "test_decode_s": g_s},
                               f"trained for at most {a.minutes} min (final weights, no validation during training); "
                               f"beam {gen.config.beam}"))
-        records.append(record(a, argv, a.dataset, "sasrec", f"same_run_{tag}", s,
-                              {"train_s": sres["train_seconds"], "epochs": sres["epochs_run"]},
-                              f"trained for at most {a.minutes} min in the same run as the generative model"))
-        for name, r in (("generative", g), ("sasrec", s)):
+        pairs = [("generative", g)]
+        if sas is not None:
+            s = build_evaluator(ds, split, "test", gcfg.eval, sas.max_len).evaluate_model(sas)
+            records.append(record(a, argv, a.dataset, "sasrec", f"same_run_{tag}", s,
+                                  {"train_s": sres["train_seconds"], "epochs": sres["epochs_run"]},
+                                  f"trained for at most {a.minutes} min in the same run as the generative model"))
+            pairs.append(("sasrec", s))
+        for name, r in pairs:
             lines.append(f"| {name} | {tag} | {r.metrics['Recall@10']:.4f} | {r.metrics['NDCG@10']:.4f} | "
                          f"{r.metrics['Recall@50']:.4f} | {' / '.join(f'{h:.3f}' for h in r.bucket_hr10)} |")
     records.append(beam_sweep(a, argv, ds, split, gen, sas, lines))
@@ -142,13 +145,14 @@ def beam_sweep(a, argv, ds, split, gen, sas, lines):
                     f"beam{beam}_ms_per_user": ms})
         lines.append(f"beam {beam}: Recall@10 {r.metrics['Recall@10']:.4f}, Recall@50 {r.metrics['Recall@50']:.4f}, "
                      f"{ms:.1f} ms/user")
-    b = history_batch(ds, es.users, es.hist_len, sas.max_len)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, len(es), 256):
-            sas.score({k: v[s : s + 256] for k, v in b.items()})
-    out["sasrec_ms_per_user"] = (time.perf_counter() - t0) * 1000 / len(es)
-    lines.append(f"SASRec full-catalogue scoring: {out['sasrec_ms_per_user']:.2f} ms/user")
+    if sas is not None:
+        b = history_batch(ds, es.users, es.hist_len, sas.max_len)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for s in range(0, len(es), 256):
+                sas.score({k: v[s : s + 256] for k, v in b.items()})
+        out["sasrec_ms_per_user"] = (time.perf_counter() - t0) * 1000 / len(es)
+        lines.append(f"SASRec full-catalogue scoring: {out['sasrec_ms_per_user']:.2f} ms/user")
     return record(a, argv, a.dataset, "generative", "beam_sweep", out, {"users": len(es)},
                   f"{len(es)} test users, unmasked, 1 process with {a.threads} thread(s)")
 
@@ -341,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=25.0, help="training cap of every model")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--users", type=int, default=1000, help="test users of the control measurements")
+    ap.add_argument("--no-sasrec", action="store_true", help="retrieval: do not train SASRec beside the model")
     ap.add_argument("--seed", type=int, default=42)
     add_output_args(ap, "generative")
     add_data_arg(ap)
