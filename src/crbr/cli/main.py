@@ -9,6 +9,7 @@
   crbr federated -c configs/federated/residual_ml100k.yaml --num-rounds 30   federated training on Flower
   crbr index build --vectors items.npy --kind hnsw --out idx/  an item index (exact, flat, hnsw, ivf_flat, ivf_pq)
   crbr retrieve --index idx/ --queries users.npy -k 100 --out top.parquet   top-k items per query vector
+  crbr serve --checkpoint CKPT [--index DIR]                 the retrieval service over HTTP (FastAPI)
 
 Every run is driven by a YAML config (see configs/) plus `section.key=value` overrides.
 """
@@ -279,8 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tool_commands(sub, settings_help)
     _add_index_commands(sub)
     from .semantic_ids import add_commands as add_semantic_id_commands
+    from .serve import add_commands as add_serve_commands
 
     add_semantic_id_commands(sub)
+    add_serve_commands(sub)
     return p
 
 
