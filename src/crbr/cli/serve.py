@@ -107,17 +107,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m crbr.cli.serve ARGS` = `crbr serve ARGS` (crbr.cli.main's parser and logging)."""
-    from . import main as cli_main
+if __name__ == "__main__":  # `python -m crbr.cli.serve ARGS` = `crbr serve ARGS`
+    from crbr.cli.main import main as crbr_main
 
-    parser = cli_main.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    add_commands(sub)
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    cli_main._setup_logging(args.verbose)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(crbr_main(["serve", *sys.argv[1:]]))
