@@ -112,9 +112,12 @@ class Prepared:
         """Requests with equal keys run in one model call. Exact ranking serves any k from the
         longest list (a top-k list's prefix is the top-k' list); an index or a decoder is asked
         for each request's own k (it changes ANN search widths and beam widths)."""
-        k = None if self.snapshot.mode == "exact" else self.k
+        snap = self.snapshot
+        k = None if snap.mode == "exact" else self.k
         opts = tuple(sorted((n, repr(v)) for n, v in self.options.items()))
-        return (id(self.snapshot), self.timestamps is not None, k, repr(self.control), opts)
+        # an approximate index searched wider for excluded history: the width must not depend on the neighbours
+        wider = len(self.seen) if self.exclude_seen and snap.index is not None and snap.index.kind not in ("exact", "flat") else 0
+        return (id(snap), self.timestamps is not None, k, repr(self.control), opts, wider)
 
 
 @dataclass
