@@ -117,6 +117,7 @@ def evaluate(name, ds, split, input_name, X, kind, codes, secs, peak, info, a, a
     """The health report of one tokenizer's IDs as a result record."""
     from crbr.results import Protocol, ResultRecord, machine_info
     from crbr.semantic_ids import SemanticIDs, health_report
+    from crbr.semantic_ids.health import nmi, purity
 
     sizes = [int(codes[:, l].max()) + 1 for l in range(codes.shape[1])]
     sid = SemanticIDs.from_codes(codes, sizes, ds.item_ids, codebooks=info.pop("codebooks", None))
@@ -153,25 +154,6 @@ def flatten(rep: dict) -> dict[str, float]:
     for lvl, v in rep.get("prefix_lift", {}).items():
         out[f"prefix_lift_{lvl}"] = float(v["lift"])
     return out
-
-
-def nmi(a: np.ndarray, b: np.ndarray) -> float:
-    _, a = np.unique(a, return_inverse=True)
-    _, b = np.unique(b, return_inverse=True)
-    j = np.zeros((a.max() + 1, b.max() + 1))
-    np.add.at(j, (a, b), 1)
-    p = j / j.sum()
-    pa, pb = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = (p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum()
-    h = lambda q: -(q[q > 0] * np.log(q[q > 0])).sum()  # noqa: E731
-    return float(2 * mi / (h(pa) + h(pb)))
-
-
-def purity(truth: np.ndarray, codes: np.ndarray) -> float:
-    j = np.zeros((codes.max() + 1, truth.max() + 1), dtype=np.int64)
-    np.add.at(j, (codes, truth), 1)
-    return float(j.max(1).sum() / len(truth))
 
 
 def letter_record(ds, split, a, argv):

@@ -72,6 +72,18 @@ def from_dict(cls: type, d: dict[str, Any], where: str = "") -> Any:
     return cls(**kw)
 
 
+def nested_config(cls: type, value: Any, parent: Any, where: str) -> Any:
+    """An optional nested config (e.g. a tower inside a retriever) given as settings: a dict
+    becomes `cls`, with the sizes it does not give (n_items, n_actions) taken from `parent`, the
+    model that contains it; {} (how older files wrote "none") becomes None; a `cls` stays."""
+    if not isinstance(value, dict):
+        return value
+    if not value:
+        return None
+    inherit = {k: getattr(parent, k) for k in ("n_items", "n_actions") if hasattr(parent, k)}
+    return from_dict(cls, {**inherit, **value}, where)
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `a.b.c=value` entries (value parsed as YAML) into a nested dict, in place."""
     for ov in overrides:

@@ -54,7 +54,7 @@ from torch import nn
 
 from ..checkpoint import load_weights
 from ..ranking import RankedItems, rank_scores
-from ..settings import from_dict
+from ..settings import nested_config
 from ..nn import batch_candidates, choose_cut, future_targets, logq_from_counts, mixed_negative_logp, other_positives
 from .base import DataContext, LossOutput, QueryVectors, Recommender
 from .set_transformer import SetTransformerConfig, SetTransformerRetriever
@@ -122,10 +122,7 @@ class CRBRConfig:
             raise ValueError(f"CRBRConfig.start: expected 'zero' or 'context', got {self.start!r}")
         if self.align not in ("all", "last"):
             raise ValueError(f"CRBRConfig.align: expected 'all' or 'last', got {self.align!r}")
-        if isinstance(self.base, dict):  # given as settings (YAML, checkpoint metadata)
-            # sizes not given are this model's (the nested model shares the catalogue and actions)
-            inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
-            self.base = from_dict(SetTransformerConfig, {**inherit, **self.base}, "crbr.base") if self.base else None
+        self.base = nested_config(SetTransformerConfig, self.base, self, "crbr.base")
         self.inference()  # the default inference policy is valid
 
     @property

@@ -45,7 +45,7 @@ from ..checkpoint import load_weights
 from ..nn import ContextualResidualEmbedding, gate_summary
 from ..nn.decoder import DecoderBlock
 from ..ranking import RankedItems
-from ..settings import from_dict
+from ..settings import nested_config
 from .base import DataContext, LossOutput, Recommender
 from .qformer import QFormer, QFormerConfig
 
@@ -79,9 +79,7 @@ class GenerativeConfig:
     decode_chunk: int = 256  # users decoded together
 
     def __post_init__(self) -> None:
-        if isinstance(self.profile, dict):
-            inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
-            self.profile = from_dict(QFormerConfig, {**inherit, **self.profile}, "generative.profile") if self.profile else None
+        self.profile = nested_config(QFormerConfig, self.profile, self, "generative.profile")
         if self.window < 1 or self.beam < 1 or not 0.0 <= self.control_prob <= 1.0 or self.action_weight < 0:
             raise ValueError("GenerativeConfig: window and beam must be >= 1, control_prob in [0, 1], action_weight >= 0")
         if self.hidden % self.n_heads:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_weights
-from ..settings import from_dict
+from ..settings import nested_config
 from ..nn import MAB, SetBlock, batch_candidates, choose_cut, logq_from_counts, mixed_negative_infonce
 from .base import DataContext, LossOutput, Recommender
 from .qformer import QFormer, QFormerConfig
@@ -76,10 +76,7 @@ class SetTransformerConfig:
             raise ValueError(f"TwoTowerConfig: hidden {self.hidden} not divisible by n_heads {self.n_heads}")
         if self.cut not in ("last", "random"):
             raise ValueError(f"TwoTowerConfig.cut: expected 'last' or 'random', got {self.cut!r}")
-        if isinstance(self.tower, dict):  # given as settings (YAML, checkpoint metadata)
-            # sizes not given are this model's (the tower shares the catalogue and actions)
-            inherit = {"n_items": self.n_items, "n_actions": self.n_actions}
-            self.tower = from_dict(QFormerConfig, {**inherit, **self.tower}, "set_transformer.tower") if self.tower else None
+        self.tower = nested_config(QFormerConfig, self.tower, self, "set_transformer.tower")
 
 
 class SetTransformerRetriever(Recommender):

@@ -199,6 +199,30 @@ def consecutive_pairs(ds, train_len: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return items[first], items[first + 1]
 
 
+# ---------------------------------------------------------------------------- against known labels
+def nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalized mutual information of two labelings (arithmetic mean of their entropies)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a.reshape(-1), b.reshape(-1)), 1)
+    p = joint / joint.sum()
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum()
+    h = lambda q: -(q[q > 0] * np.log(q[q > 0])).sum()  # noqa: E731
+    denom = h(pa) + h(pb)
+    return float(2 * mi / denom) if denom > 0 else 1.0
+
+
+def purity(truth: np.ndarray, codes: np.ndarray) -> float:
+    """Share of items whose code's most common true label is their own."""
+    _, truth = np.unique(truth, return_inverse=True)
+    table = np.zeros((int(codes.max()) + 1, int(truth.max()) + 1), dtype=np.int64)
+    np.add.at(table, (codes.reshape(-1), truth.reshape(-1)), 1)
+    return float(table.max(1).sum() / len(truth))
+
+
 # ---------------------------------------------------------------------------- the report
 def health_report(sid: SemanticIDs, ds=None, split=None, embeddings: np.ndarray | None = None) -> dict[str, Any]:
     """Every number of the module docstring that the given inputs allow: `ds` (categories,
