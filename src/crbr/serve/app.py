@@ -306,7 +306,7 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
             except (RuntimeError, ValueError, NotImplementedError):
                 pass
         state["serving"] = True
-        trimmer = loop.create_task(trim_memory_every(30.0))
+        trimmer = loop.create_task(trim_memory_every(10.0))
         try:
             yield
         finally:
