@@ -49,6 +49,8 @@ ENTRIES = [
           "LETTER IDs) judged by the health report"),
     Entry("generative", "bench_generative", "the generative retriever against SASRec from the same run: "
           "retrieval, action alignment, controls"),
+    Entry("serve", "bench_serve", "crbr serve under closed-loop load: QPS and latency with and without "
+          "micro-batching, HTTP / model / index split, soak"),
     Entry("compare_runs", "compare_runs", "finished `crbr train` runs side by side, validation metric "
           "at equal wall-clock", "tool"),
     Entry("paired_seeds", "paired_seeds", "paired comparison of runs over seeds: difference, "

@@ -47,6 +47,7 @@ SUITES = {
     "qformer_efficiency": "Q-Former against self-attention: time and memory (`python -m benchmarks qformer_efficiency`)",
     "semantic_ids": "Semantic-ID tokenizers and their health (`python -m benchmarks semantic_ids`)",
     "generative": "Generative retrieval with actions and controls (`python -m benchmarks generative`)",
+    "serve": "The retrieval service under load (`python -m benchmarks serve`)",
 }
 
 # Readable names of models in the rendered tables, for records whose model name needs one (a record

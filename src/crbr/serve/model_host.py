@@ -16,7 +16,6 @@ flight. Three ways to rank, chosen at load:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -526,7 +525,7 @@ def load_snapshot(checkpoint: str, index_path: str | None = None, catalogue_path
             raise LoadError(f"index {index_path}: holds item id {int(index.ids[-1])}, the catalogue has "
                             f"{catalogue.n_items:,} items")
     mode = "index" if index is not None else ("exact" if model.ranking == "score" else "rank")
-    takes_control = "control" in inspect.signature(model.rank).parameters
+    takes_control = "control" in model.rank_options
     snap = Snapshot(model, meta, catalogue, index, version, str(checkpoint), str(index_path) if index_path else None,
                     mode, takes_control=takes_control)
     # CRBR-like models: query vectors with details (beam codes) explain each returned item
