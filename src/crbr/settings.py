@@ -84,6 +84,17 @@ def nested_config(cls: type, value: Any, parent: Any, where: str) -> Any:
     return from_dict(cls, {**inherit, **value}, where)
 
 
+def inner_config(cls: type, value: Any, parent: Any, checkpoint: str, where: str) -> Any:
+    """The config a model builds its inner model from: `value` (a nested config) sized to the
+    parent's catalogue, or a default `cls` with the parent's actions when none is given. A
+    checkpoint setting whose config was never read (`value` None) is an error naming `where`."""
+    if checkpoint and value is None:
+        raise ValueError(f"{where} {checkpoint!r} is set but its config was not read "
+                         "(build the model with crbr.models.build_model)")
+    inner = value if value is not None else cls(n_actions=parent.n_actions)
+    return dataclasses.replace(inner, n_items=parent.n_items)
+
+
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set `a.b.c=value` entries (value parsed as YAML) into a nested dict, in place."""
     for ov in overrides:

@@ -43,7 +43,6 @@ it stay frozen.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -54,7 +53,7 @@ from torch import nn
 
 from ..checkpoint import load_weights
 from ..ranking import RankedItems, rank_scores
-from ..settings import nested_config
+from ..settings import inner_config, nested_config
 from ..nn import batch_candidates, choose_cut, future_targets, logq_from_counts, mixed_negative_logp, other_positives
 from .base import DataContext, LossOutput, QueryVectors, Recommender
 from .set_transformer import SetTransformerConfig, SetTransformerRetriever
@@ -203,11 +202,8 @@ class CRBR(Recommender):
         self.config = c = config
         if c.n_items <= 0:
             raise ValueError("CRBRConfig.n_items must be set (build the model with crbr.models.build_model)")
-        if c.base_checkpoint and c.base is None:
-            raise ValueError(f"CRBRConfig.base_checkpoint {c.base_checkpoint!r} is set but its config was not read "
-                             "(build the model with crbr.models.build_model)")
-        base = c.base if c.base is not None else SetTransformerConfig(n_actions=c.n_actions)
-        self.base = SetTransformerRetriever(dataclasses.replace(base, n_items=c.n_items))
+        self.base = SetTransformerRetriever(inner_config(SetTransformerConfig, c.base, c, c.base_checkpoint,
+                                                         "CRBRConfig.base_checkpoint"))
         self.base.requires_grad_(False)
         if c.train_context == "pool":
             for p in self.context_head_parameters():

@@ -19,7 +19,6 @@ Without a checkpoint a fresh tower is trained jointly (end to end).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoint import load_weights
-from ..settings import nested_config
+from ..settings import inner_config, nested_config
 from ..nn import MAB, SetBlock, batch_candidates, choose_cut, logq_from_counts, mixed_negative_infonce
 from .base import DataContext, LossOutput, Recommender
 from .qformer import QFormer, QFormerConfig
@@ -88,12 +87,9 @@ class SetTransformerRetriever(Recommender):
         super().__init__()
         self.config = c = config
         if c.n_items <= 0:
-            raise ValueError("TwoTowerConfig.n_items must be set (build the model with crbr.models.build_model)")
-        if c.tower_checkpoint and c.tower is None:
-            raise ValueError(f"SetTransformerConfig.tower_checkpoint {c.tower_checkpoint!r} is set but its config "
-                             "was not read (build the model with crbr.models.build_model)")
-        tower = c.tower if c.tower is not None else QFormerConfig(n_actions=c.n_actions)
-        self.tower = QFormer(dataclasses.replace(tower, n_items=c.n_items))
+            raise ValueError("SetTransformerConfig.n_items must be set (build the model with crbr.models.build_model)")
+        self.tower = QFormer(inner_config(QFormerConfig, c.tower, c, c.tower_checkpoint,
+                                          "SetTransformerConfig.tower_checkpoint"))
         if c.tower_checkpoint and not c.finetune_tower:
             self.tower.requires_grad_(False)
         D, Dq = c.hidden, self.tower.config.hidden
