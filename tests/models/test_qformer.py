@@ -376,3 +376,26 @@ def test_trainer_writes_diagnostics_and_report_plots_them(tmp_path):
     assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
     assert (tmp_path / "plots" / "diagnostics.png").stat().st_size > 0
     assert (tmp_path / "plots" / "diagnostics_scalars.png").stat().st_size > 0  # token_cosine etc. per epoch
+
+
+def test_gradients_repeat_bit_for_bit_with_two_threads():
+    """A seeded training step gives the same gradients on every run at the default two threads:
+    every gather of a learned table goes through F.embedding, whose backward sums in a fixed
+    order (tensor indexing's CPU backward does not once torch uses more than one thread)."""
+    ds = generate(SyntheticConfig.tiny(seed=2)).dataset
+    split = leave_one_out(ds)
+    users = np.arange(min(64, ds.n_users))
+    b = train_batch(ds, users, split.train_len[users], 48)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            m = model(n_items=ds.n_items, n_actions=ds.n_actions, hidden=32, max_len=48, dropout=0.0).train()
+            torch.manual_seed(1)
+            m.loss(b).loss.backward()
+            grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
+    finally:
+        torch.set_num_threads(before)
+    for g in grads[1:]:
+        assert all(torch.equal(x, y) for x, y in zip(grads[0], g))

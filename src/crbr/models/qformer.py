@@ -278,7 +278,7 @@ class QFormer(Recommender):
             n_ids = self.item_feats.shape[0] if ids is None else ids.numel()
             if ids is None or n_ids >= self.item_feats.shape[0]:
                 tab = self.feat_proj(self.item_feats)  # project the table once, then gather
-                x = tab if ids is None else tab[ids]
+                x = tab if ids is None else F.embedding(ids, tab)
             else:
                 x = self.feat_proj(self.item_feats[ids])  # gather first (large catalogue, few ids)
         if self.id_emb is not None:
@@ -309,7 +309,9 @@ class QFormer(Recommender):
             return self.in_drop(self.in_ln(x))
         # recency: how many visible events come after this one (0 = newest visible)
         rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # (B, N)
-        x = x + self.recency_table(x.shape[1])[rec.clamp(min=0)]
+        # F.embedding, not table[index]: its backward sums gradients in the same order at any
+        # thread count, so a seeded run repeats bit for bit
+        x = x + F.embedding(rec.clamp(min=0), self.recency_table(x.shape[1]))
         if self.time_emb is not None and "timestamps" in batch:
             ts = batch["timestamps"]
             last = torch.where(visible, ts, torch.zeros_like(ts)).amax(1, keepdim=True)  # newest visible time
@@ -472,7 +474,7 @@ class QFormer(Recommender):
         B, K = m_idx.shape
         D = tokens.shape[-1]
         rec = visible.flip(1).long().cumsum(1).flip(1) - 1  # same recency as the encoder's input
-        q = self.mask_emb.expand(B, K, D) + self.recency_table(visible.shape[1])[rec.gather(1, m_idx).clamp(min=0)]
+        q = self.mask_emb.expand(B, K, D) + F.embedding(rec.gather(1, m_idx).clamp(min=0), self.recency_table(visible.shape[1]))
         if self.action_emb is not None:
             q = q + self.action_emb(batch["actions"].gather(1, m_idx))
         if self.time_emb is not None and "timestamps" in batch:
