@@ -24,6 +24,7 @@ import re
 import signal
 import threading
 import time
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -267,6 +268,51 @@ ERRORS = {400: {"model": ErrorResponse, "description": "malformed request"},
           504: {"model": ErrorResponse, "description": "not answered within the request timeout"}}
 
 
+@dataclass(eq=False)
+class Service:
+    """What the routes of one app share: the settings, the model host, the metrics, the
+    micro-batcher, whether the worker runs (readiness) and the lock that keeps reloads apart."""
+
+    settings: ServeSettings
+    host: ModelHost
+    metrics: Metrics
+    batcher: MicroBatcher
+    serving: bool = False
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def reload(self, source: str) -> dict[str, Any]:
+        """Load the configured files again (one reload at a time) and report the outcome."""
+        host, metrics = self.host, self.metrics
+        async with self.reload_lock:
+            status = await asyncio.to_thread(host.reload)
+        metrics.reloads.labels("ok" if status.ok else "failed").inc()
+        metrics.model_version.set(host.snapshot.version)
+        log.info("reload (%s): %s", source, "ok" if status.ok else status.error)
+        return {"reloaded": status.ok, "model_version": host.snapshot.version, "seconds": status.seconds,
+                "error": status.error}
+
+    async def answer(self, works: list) -> list[dict[str, Any]]:
+        """The response bodies of prepared requests, through the micro-batcher; the first
+        request's error is raised, and a 504 when they are not answered within the timeout."""
+        timeout = self.settings.request_timeout_s
+        jobs = self.batcher.submit(works)
+        futures = [j.future for j in jobs]
+        done, pending = await asyncio.wait(futures, timeout=timeout)
+        if pending:
+            for j in jobs:
+                j.abandoned = True
+            for f in futures:  # retrieve what finished so nothing is left unobserved
+                if f.done() and not f.cancelled():
+                    f.exception()
+            self.metrics.rejected.labels("timeout").inc(len(pending))
+            raise RequestError("request", f"not answered within {timeout:g} s", 504, "timeout")
+        results = [f.result() if f.exception() is None else f.exception() for f in futures]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return [r.body for r in results if isinstance(r, Answer)]
+
+
 def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAPI:
     """The service around `host` (loaded from the settings' paths when not given or not loaded)."""
     host = host or ModelHost(settings.checkpoint, settings.index, settings.catalogue, settings.index_params,
@@ -278,49 +324,51 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
     batcher = MicroBatcher(settings.max_batch, settings.max_wait_ms / 1000.0, settings.queue_size, metrics,
                            settings.retry_after_s)
     api_key = os.environ.get(settings.api_key_env) or None
-    models = request_models(settings.limits)
-    RetrieveRequest, BatchRetrieveRequest = models["RetrieveRequest"], models["BatchRetrieveRequest"]
-    reload_lock = asyncio.Lock()
-    state: dict[str, Any] = {"serving": False}
+    svc = Service(settings, host, metrics, batcher)
+    app = FastAPI(title="crbr retrieval service", version="1", lifespan=service_lifespan(svc),
+                  description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    app.state.host, app.state.batcher, app.state.metrics, app.state.settings = host, batcher, metrics, settings
+    add_error_handlers(app, settings)
+    add_retrieval_routes(app, svc)
+    add_model_routes(app, svc)
+    add_health_routes(app, svc)
+    # outermost but for starlette's error middleware: sees every request, so 401 / 413 are counted too
+    app.add_middleware(Guard, settings=settings, metrics=metrics, batcher=batcher, api_key=api_key)
+    return app
 
-    async def do_reload(source: str) -> dict[str, Any]:
-        async with reload_lock:
-            status = await asyncio.to_thread(host.reload)
-        metrics.reloads.labels("ok" if status.ok else "failed").inc()
-        metrics.model_version.set(host.snapshot.version)
-        log.info("reload (%s): %s", source, "ok" if status.ok else status.error)
-        return {"reloaded": status.ok, "model_version": host.snapshot.version, "seconds": status.seconds,
-                "error": status.error}
 
-    from contextlib import asynccontextmanager
+def service_lifespan(svc: Service):
+    """The app's lifespan: the batcher's worker runs, SIGHUP reloads (in the main thread, where
+    the platform has it) and freed memory is trimmed while the app serves."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await batcher.start()
+        await svc.batcher.start()
         loop = asyncio.get_running_loop()
         hup = False
         if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
             try:
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(do_reload("SIGHUP")))
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(svc.reload("SIGHUP")))
                 hup = True
             except (RuntimeError, ValueError, NotImplementedError):
                 pass
-        state["serving"] = True
+        svc.serving = True
         trimmer = loop.create_task(trim_memory_every(10.0))
         try:
             yield
         finally:
             trimmer.cancel()
-            state["serving"] = False
+            svc.serving = False
             if hup:
                 loop.remove_signal_handler(signal.SIGHUP)
-            await batcher.stop()
+            await svc.batcher.stop()
 
-    app = FastAPI(title="crbr retrieval service", version="1", lifespan=lifespan,
-                  description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
-    app.state.host, app.state.batcher, app.state.metrics, app.state.settings = host, batcher, metrics, settings
+    return lifespan
 
-    # ---------------------------------------------------------------- error handlers
+
+def add_error_handlers(app: FastAPI, settings: ServeSettings) -> None:
+    """Every error as JSON {"error", "detail": [{"field", "message", "type"}]}."""
+
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
         return error_response(422, "invalid_request", validation_detail(exc.errors()))
@@ -347,35 +395,21 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
         log.exception("unhandled error on %s", request.url.path)
         return error_response(500, "internal_error", [("request", "the server failed to answer; see its log", "server")])
 
-    # ---------------------------------------------------------------- helpers
-    async def answer(works) -> list[dict[str, Any]]:
-        jobs = batcher.submit(works)
-        futures = [j.future for j in jobs]
-        done, pending = await asyncio.wait(futures, timeout=settings.request_timeout_s)
-        if pending:
-            for j in jobs:
-                j.abandoned = True
-            for f in futures:  # retrieve what finished so nothing is left unobserved
-                if f.done() and not f.cancelled():
-                    f.exception()
-            metrics.rejected.labels("timeout").inc(len(pending))
-            raise RequestError("request", f"not answered within {settings.request_timeout_s:g} s", 504, "timeout")
-        results = [f.result() if f.exception() is None else f.exception() for f in futures]
-        for r in results:
-            if isinstance(r, RequestError):
-                raise r
-            if isinstance(r, BaseException):
-                raise r
-        return [r.body for r in results if isinstance(r, Answer)]
 
-    # ---------------------------------------------------------------- routes
+def add_retrieval_routes(app: FastAPI, svc: Service) -> None:
+    """POST /v1/retrieve, /v1/retrieve:batch and /v1/noop, with the request bodies under the
+    settings' limits."""
+    models = request_models(svc.settings.limits)
+    RetrieveRequest, BatchRetrieveRequest = models["RetrieveRequest"], models["BatchRetrieveRequest"]
+    host, metrics = svc.host, svc.metrics
+
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERRORS,
               summary="one user's top-k items from their history")
     async def retrieve_one(body: RetrieveRequest):  # type: ignore[valid-type]
         snap = host.snapshot
         work = snap.prepare(body)
         metrics.unknown_items.inc(work.n_unknown)
-        (out,) = await answer([work])
+        (out,) = await svc.answer([work])
         return json_response(out)
 
     @app.post("/v1/retrieve:batch", response_model=BatchRetrieveResponse, responses=ERRORS,
@@ -384,13 +418,18 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
         snap = host.snapshot
         works = [snap.prepare(q, f"users[{i}].") for i, q in enumerate(body.users)]
         metrics.unknown_items.inc(sum(w.n_unknown for w in works))
-        return json_response({"results": await answer(works)})
+        return json_response({"results": await svc.answer(works)})
 
     @app.post("/v1/noop", responses=ERRORS, summary="validate a /v1/retrieve body and answer without the model "
                                                     "(measures the HTTP and validation cost)")
     async def noop(body: RetrieveRequest):  # type: ignore[valid-type]
         return json_response({"items": [], "k": body.k, "unknown_items": {"count": 0, "items": []},
                               "model_version": host.snapshot.version})
+
+
+def add_model_routes(app: FastAPI, svc: Service) -> None:
+    """GET /v1/model and POST /v1/admin/reload."""
+    host, settings = svc.host, svc.settings
 
     @app.get("/v1/model", response_model=ModelInfo, responses=ERRORS, summary="the served model")
     async def model_info():
@@ -405,8 +444,13 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
                                                                       "keeps serving"}, 401: ERRORS[401]},
               summary="load the configured checkpoint, index and catalogue again and swap them in")
     async def reload():
-        out = await do_reload("admin")
+        out = await svc.reload("admin")
         return json_response(out, 200 if out["reloaded"] else 409)
+
+
+def add_health_routes(app: FastAPI, svc: Service) -> None:
+    """GET /healthz, /readyz and /metrics."""
+    host, batcher, metrics = svc.host, svc.batcher, svc.metrics
 
     @app.get("/healthz", summary="the process is up")
     async def healthz():
@@ -414,7 +458,7 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
 
     @app.get("/readyz", summary="a model is loaded and the worker runs")
     async def readyz():
-        if host.ready and state["serving"]:
+        if host.ready and svc.serving:
             return json_response({"status": "ready", "model_version": host.snapshot.version})
         return json_response({"status": "not ready"}, 503)
 
@@ -422,10 +466,6 @@ def create_app(settings: ServeSettings, host: ModelHost | None = None) -> FastAP
     async def prometheus():
         metrics.queue_depth.set(batcher.depth)
         return Response(metrics.render(), media_type=metrics.content_type)
-
-    # outermost but for starlette's error middleware: sees every request, so 401 / 413 are counted too
-    app.add_middleware(Guard, settings=settings, metrics=metrics, batcher=batcher, api_key=api_key)
-    return app
 
 
 async def trim_memory_every(seconds: float) -> None:
