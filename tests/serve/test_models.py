@@ -1,6 +1,7 @@
 """Models beyond one user vector, through the real server: CRBR answers with each item's beam path
 and its codes (exactly, and searched in an index), the generative retriever decodes with the
-request's control token, options, scope and excluded history."""
+request's control token, options, scope and excluded history. Every served model declares its
+catalogue size (`n_items`), which the service reports."""
 
 from __future__ import annotations
 
@@ -123,3 +124,38 @@ def test_generative_decodes_with_the_requests_control_options_and_scope(world, g
     for control in ("cat:999", "cat:no-such-category", "sideways"):
         r = httpx.post(srv.url + "/v1/retrieve", json={"events": world.events(0), "k": 6, "control": control})
         assert r.status_code == 422 and r.json()["detail"][0]["field"] == "control", r.text
+
+
+def test_every_served_model_declares_its_catalogue_size_and_the_service_reports_it(world, models, crbr, generative,
+                                                                                   serve):
+    cases = {"sasrec": (models["sasrec"], world.sasrec),
+             "set_transformer": (models["set_transformer"], world.set_transformer),
+             "crbr": crbr[:2], "generative": generative}
+    for name, (m, ckpt) in cases.items():
+        assert m.n_items == m.config.n_items == world.ds.n_items and isinstance(m.n_items, int), name
+        info = httpx.get(serve(ckpt).url + "/v1/model").json()
+        assert info["catalogue_size"] == m.n_items and info["config"]["n_items"] == m.n_items, name
+
+
+def test_a_model_whose_config_has_no_catalogue_says_so():
+    from dataclasses import dataclass
+
+    from crbr.models.base import LossOutput, Recommender
+
+    @dataclass
+    class NoItemsConfig:
+        max_len: int = 4
+
+    class NoItems(Recommender):
+        model_name = "test_no_items"
+        config_class = NoItemsConfig
+
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+
+        def loss(self, batch):
+            return LossOutput(torch.zeros(()))
+
+    with pytest.raises(TypeError, match="NoItems declares no item catalogue.*NoItemsConfig.*n_items"):
+        NoItems(NoItemsConfig()).n_items

@@ -5,6 +5,7 @@ model offers is declared here, with defaults, and overridden in the model.
 Training
   config                      a dataclass, saved inside every checkpoint
   max_len                     events of history the model reads (from its config)
+  n_items                     real items of its catalogue: ids 1..n_items, 0 = padding (from its config)
   loss(batch) -> LossOutput   the objective on a batch from crbr.data.batching
   feature_specs(params)       (classmethod) frozen item features the model needs, by name
   derived_settings(data)      (classmethod) config values that come from the dataset
@@ -133,6 +134,17 @@ class Recommender(torch.nn.Module, abc.ABC):
     def max_len(self) -> int:
         """Events of each user's history the model reads (the newest ones)."""
         return int(self.config.max_len)
+
+    @property
+    def n_items(self) -> int:
+        """Real items of the catalogue the model was built for: item ids are 1..n_items and 0 is
+        padding (item tables have n_items + 1 rows). Read from the config's `n_items`; a TypeError
+        names the model when its config has none (a model of no item catalogue, e.g. a tokenizer)."""
+        config = getattr(self, "config", None)
+        if not hasattr(config, "n_items"):
+            raise TypeError(f"{type(self).__name__} declares no item catalogue: its config "
+                            f"({type(config).__name__}) has no n_items")
+        return int(config.n_items)
 
     @classmethod
     def feature_specs(cls, params: dict[str, Any]) -> dict[str, str]:

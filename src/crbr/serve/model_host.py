@@ -62,7 +62,8 @@ class Timing:
 
 class TimedModel:
     """The model as `crbr.retrieval.retrieve` sees it, timing its query-vector calls (the rest of
-    a retrieve call is the index search and the merge)."""
+    a retrieve call is the index search and the merge). A delegating wrapper: every other
+    attribute is the model's own, so it stands in for the model wherever the contract is read."""
 
     def __init__(self, model: Recommender, timing: Timing) -> None:
         self._model, self._timing = model, timing
@@ -469,11 +470,6 @@ def first_control(group: list[Prepared]) -> Any:
 
 
 # ------------------------------------------------------------------------------- loading
-def model_n_items(model: Recommender) -> int | None:
-    n = getattr(model.config, "n_items", None)
-    return int(n) if isinstance(n, int) and n > 0 else None
-
-
 def load_snapshot(checkpoint: str, index_path: str | None = None, catalogue_path: str | None = None,
                   version: int = 1, index_params: dict[str, Any] | None = None,
                   allow_index_mismatch: bool = False) -> Snapshot:
@@ -496,8 +492,11 @@ def load_snapshot(checkpoint: str, index_path: str | None = None, catalogue_path
     except (OSError, ValueError, KeyError) as e:
         raise LoadError(f"catalogue: {e}") from e
     sha = meta.get("crbr_sha256", "")
-    n = model_n_items(model)
-    if n is not None and n != catalogue.n_items:
+    try:
+        n = model.n_items
+    except TypeError as e:
+        raise LoadError(f"checkpoint {checkpoint}: {e}") from e
+    if n != catalogue.n_items:
         raise LoadError(f"the catalogue has {catalogue.n_items:,} items, the model {n:,}: they are not of one dataset")
     index = None
     if index_path:
