@@ -123,7 +123,10 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from ..config import ExperimentConfig, apply_overrides, from_dict
     from ..data.prepare import prepare_with_split
+    import torch
+
     from ..eval.export import export_topk
+    from ..index.cli import rank_options
     from ..models import load_model
     from ..train.loop import build_evaluator
 
@@ -135,8 +138,11 @@ def cmd_evaluate(args) -> int:
     if args.mask_history is not None:
         cfg.eval.mask_history = args.mask_history
     ds, split = prepare_with_split(cfg)
+    options = rank_options(model, args, ds)
+    if args.categories:
+        options["scope"] = torch.from_numpy(ds.category_scope(args.categories))
     ev = build_evaluator(ds, split, args.split, cfg.eval, model.max_len)
-    res = ev.evaluate_model(model, export=bool(args.export_topk))
+    res = ev.evaluate_model(model, export=bool(args.export_topk), **options)
     print(f"{cfg.name} ({meta.get('model_name')}, {args.checkpoint}) on {args.split}:")
     print(res.format())
     if args.export_topk:
@@ -274,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mask-history", dest="mask_history", action="store_true", default=None,
                     help="exclude items in the user's history from the ranking")
     ev.add_argument("--no-mask-history", dest="mask_history", action="store_false", help="rank history items too")
+    ev.add_argument("--categories", help="rank only items of these categories (comma-separated ids or names); "
+                                         "the protocol line names the scope")
+    from ..index.cli import add_rank_option_args
+
+    add_rank_option_args(ev)
     ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP + "; applied to the config stored in the checkpoint")
     ev.set_defaults(func=cmd_evaluate)
 

@@ -97,6 +97,27 @@ class SequenceDataset:
             return np.zeros(0, dtype=np.int32)
         return self.cat_ids[self.cat_offsets[i] : self.cat_offsets[i + 1]]
 
+    def category_scope(self, spec: str, option: str = "--categories") -> np.ndarray:
+        """(I,) bool: the items of the categories in `spec`, comma-separated names or ids (a name
+        wins over an id that reads the same); an unknown category is an error naming it."""
+        if self.cat_offsets is None:
+            raise ValueError(f"{option}: the dataset has no item categories")
+        known = {n: i for i, n in enumerate(self.category_names)}
+        wanted = []
+        for c in (c.strip() for c in spec.split(",") if c.strip()):
+            if c in known:
+                wanted.append(known[c])
+            elif c.isdigit() and int(c) < len(self.category_names):
+                wanted.append(int(c))
+            else:
+                raise ValueError(f"{option}: unknown category {c!r} (ids 0..{len(self.category_names) - 1} or names)")
+        if not wanted:
+            raise ValueError(f"{option}: no category given")
+        item_of = np.repeat(np.arange(self.n_items + 1), np.diff(np.asarray(self.cat_offsets)))
+        in_scope = np.zeros(self.n_items + 1, dtype=bool)
+        in_scope[item_of[np.isin(np.asarray(self.cat_ids), wanted)]] = True
+        return in_scope
+
     def action_id(self, name: str) -> int:
         try:
             return self.action_names.index(name)

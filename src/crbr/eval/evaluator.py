@@ -169,13 +169,15 @@ class Evaluator:
         self.chunk_users = max(1, min(self.batch_size, self.chunk_bytes // (4 * self.I)))
 
     # ----------------------------------------------------------------- protocol
-    def protocol(self, ranking: str | None = None) -> str:
+    def protocol(self, ranking: str | None = None, scope: torch.Tensor | None = None) -> str:
         """One line saying how the numbers were obtained; `ranking` describes a model's own top-K
-        lists when they replace the full ranking (evaluate_ranked)."""
+        lists when they replace the full ranking (evaluate_ranked); `scope` the items ranked."""
         es = self.eval_set
         n_u, n_t = len(es), len(es.target_items)
         per = "1 per user" if n_t == n_u else f"{n_t / max(n_u, 1):.2f} per user"
         parts = [f"ranked by {ranking} over {self.n_items} items" if ranking else f"full ranking over {self.n_items} items"]
+        if scope is not None:
+            parts.append(f"scope: {int(scope[1:].sum())} of {self.n_items} items (targets outside it are misses)")
         if self.split_name:
             parts.append(self.split_name)
         parts += [
@@ -188,14 +190,16 @@ class Evaluator:
         return ", ".join(parts)
 
     # --------------------------------------------------------------- evaluation
-    def evaluate(self, score_fn: ScoreFn, export: bool = False) -> EvalResult:
+    def evaluate(self, score_fn: ScoreFn, export: bool = False, scope: torch.Tensor | None = None) -> EvalResult:
         """Rank every target of every user against the full catalogue and average the metrics.
 
         score_fn(batch) -> (B, I) float scores (any float dtype, any device); called under
         torch.no_grad() on batches from `eval_batches`. Under torch.distributed every rank must
         call this; each evaluates users rank, rank + world, ... and all ranks return the global
-        metrics; exported top-K lists are gathered on rank 0 only.
+        metrics; exported top-K lists are gathered on rank 0 only. `scope` (I,) bool ranks only
+        those items (the others get -inf, so a target outside the scope is a miss).
         """
+        scope = self._check_scope(scope)
         depth = min(self.n_items, max(self.ks[-1], self.export_k if export else 0))
         acc = _Sums(self, depth, export)
         buf: torch.Tensor | None = None  # (chunk_users, I) float32, reused by every chunk
@@ -204,14 +208,28 @@ class Evaluator:
                 B = sl.stop - sl.start
                 buf = self._scores_buffer(buf, score_fn(batch), B)
                 scores = self._masked_scores(buf[:B], local.users[sl], local.hist_len[sl])  # (B, I) float32
+                if scope is not None:
+                    scores[:, ~scope.to(scores.device)] = -math.inf
                 rows, tgt, offs = self._targets(local, sl)
                 ranks = target_ranks(scores, torch.from_numpy(rows), torch.from_numpy(tgt), self.chunk_bytes // 4)
                 vals, idx = topk_ordered(scores, depth)  # (B, depth)
                 acc.add(ranks, tgt, offs, vals, idx)
                 del scores, batch
-        return acc.result(self.protocol())
+        return acc.result(self.protocol(scope=scope))
 
-    def evaluate_ranked(self, rank_fn: RankFn, export: bool = False, ranking: str = "the model's top-K") -> EvalResult:
+    def _check_scope(self, scope: torch.Tensor | None) -> torch.Tensor | None:
+        if scope is None:
+            return None
+        scope = torch.as_tensor(scope, dtype=torch.bool).cpu()
+        if scope.shape != (self.I,):
+            raise ValueError(f"scope must be an ({self.I},) bool mask over item ids 0..{self.n_items}, "
+                             f"got shape {tuple(scope.shape)}")
+        if not scope[1:].any():
+            raise ValueError("scope selects no item")
+        return scope
+
+    def evaluate_ranked(self, rank_fn: RankFn, export: bool = False, ranking: str = "the model's top-K",
+                        scope: torch.Tensor | None = None) -> EvalResult:
         """The same metrics from a model's own top-K lists, for models that rank instead of
         scoring the whole catalogue (beam search, generative decoding).
 
@@ -220,8 +238,10 @@ class Evaluator:
         visible history when the protocol masks it (else None), and no list may contain an
         excluded item. A target outside the list is a miss; MRR is computed on the list and named
         MRR@K. For a model that can score the catalogue this gives the same HR / NDCG / Recall /
-        coverage as `evaluate`. `ranking` describes the lists in the protocol line.
+        coverage as `evaluate`. `ranking` describes the lists in the protocol line; `scope` (I,)
+        bool, when the lists were ranked within a scope, is checked (no item outside it) and named.
         """
+        scope = self._check_scope(scope)
         depth = max(self.ks[-1], self.export_k if export else 0)
         acc = _Sums(self, depth, export, mrr_name=f"MRR@{depth}")
         with torch.no_grad():
@@ -230,16 +250,19 @@ class Evaluator:
                 exclude = self._history_ids(users, hist) if self.mask_history else None
                 res = rank_fn(batch, depth, exclude)
                 items, vals = self._check_ranked(res, len(users), depth, exclude)
+                if scope is not None and (~scope[items] & (items > 0)).any():
+                    raise ValueError("rank() returned an item outside the scope")
                 rows, tgt, offs = self._targets(local, sl)
                 hit = items[torch.from_numpy(rows)] == torch.from_numpy(tgt)[:, None]  # (P, depth)
                 ranks = np.where(hit.any(1).numpy(), hit.float().argmax(1).numpy() + 1.0, np.inf)
                 acc.add(ranks, tgt, offs, vals, items)
-        return acc.result(self.protocol(ranking.replace("top-K", f"top-{depth}")))
+        return acc.result(self.protocol(ranking.replace("top-K", f"top-{depth}"), scope))
 
     def evaluate_model(self, model, export: bool = False, device: "torch.device | str | None" = None,
-                       **options) -> EvalResult:
+                       scope: torch.Tensor | None = None, **options) -> EvalResult:
         """Evaluate a crbr model through the form it declares (`model.ranking`): full-catalogue
-        scores, or its own top-K lists. `options` are the model's inference settings."""
+        scores, or its own top-K lists. `scope` (I,) bool ranks only those items (named in the
+        protocol line); `options` are the model's inference settings."""
         dev = torch.device(device) if device is not None else next(model.parameters()).device
 
         def on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -247,10 +270,12 @@ class Evaluator:
 
         if model.ranking == "score":
             # always fp32: bf16 scores would create ties that the ranking then breaks by item id
-            return self.evaluate(lambda b: model.score(on_device(b), **options).float(), export=export)
+            return self.evaluate(lambda b: model.score(on_device(b), **options).float(), export=export, scope=scope)
         desc = "the model's top-K" + "".join(f", {k} {v}" for k, v in sorted(options.items()))
-        return self.evaluate_ranked(lambda b, k, ex: model.rank(on_device(b), k, exclude=ex, **options).to("cpu"),
-                                    export=export, ranking=desc)
+        within = None if scope is None else self._check_scope(scope).to(dev)
+        return self.evaluate_ranked(lambda b, k, ex: model.rank(on_device(b), k, exclude=ex, scope=within,
+                                                                **options).to("cpu"),
+                                    export=export, ranking=desc, scope=scope)
 
     def _chunks(self):
         """(slice, batch, local EvalSet) per chunk of this rank's users (strided under DDP)."""

@@ -356,25 +356,12 @@ def retrieve_from_checkpoint(args) -> int:
         index = load_index(args.index)
         if args.param:
             index.tune(**_params(args.param))
-    cat_ids = None  # category ids of the scope
-    if args.categories:
-        if ds.cat_offsets is None:
-            raise ValueError("--categories: the dataset has no item categories")
-        known = {n: i for i, n in enumerate(ds.category_names)}
-        cat_ids = []
-        for c in (c.strip() for c in args.categories.split(",") if c.strip()):
-            if c in known:
-                cat_ids.append(known[c])
-            elif c.lstrip("-").isdigit() and 0 <= int(c) < len(ds.category_names):
-                cat_ids.append(int(c))
-            else:
-                raise ValueError(f"--categories: unknown category {c!r}")
-    in_scope = None  # (I,) bool: items of the scope's categories
-    if cat_ids is not None:
-        item_of = np.repeat(np.arange(ds.n_items + 1), np.diff(np.asarray(ds.cat_offsets)))
-        in_scope = np.zeros(ds.n_items + 1, dtype=bool)
-        in_scope[item_of[np.isin(np.asarray(ds.cat_ids), cat_ids)]] = True
+    in_scope = ds.category_scope(args.categories) if args.categories else None  # (I,) bool
+    options = rank_options(model, args, ds)
     vectors = model.vector_scores is not None and model.ranking == "score"
+    if vectors and options:
+        raise ValueError(f"--control / --rank-option: model {model.model_name!r} is searched through its vectors "
+                         "in an index; its rank() options do not apply")
     if vectors and index is None:
         with torch.no_grad():
             index = build_index(model.item_vectors(), "exact")
@@ -399,7 +386,7 @@ def retrieve_from_checkpoint(args) -> int:
                 out_path.append(merged.sources.astype(np.int64))
             else:
                 mask = None if in_scope is None else torch.from_numpy(in_scope)
-                ranked = model.rank(batch, args.k, scope=mask)
+                ranked = model.rank(batch, args.k, scope=mask, **options)
                 ids = ranked.items.numpy()
                 out_ids.append(np.where(ids > 0, ids, -1))
                 out_scores.append(ranked.scores.numpy())
@@ -423,6 +410,32 @@ def retrieve_from_checkpoint(args) -> int:
     print(f"{meta.get('model_name')} ({args.checkpoint}) via {how}: top-{k} of {Q:,} {args.split} users in {secs:.2f}s"
           + (f", scope categories {args.categories}" if args.categories else "") + f"; {int(keep.sum()):,} rows -> {written}")
     return 0
+
+
+def add_rank_option_args(p, prefix: str = "") -> None:
+    """--control and --rank-option, for commands that call a model's rank()."""
+    p.add_argument("--control", help=prefix + "a control token for models that take one (generative, dgi): explore, "
+                                       "repeat, cat:ID or cat:NAME")
+    p.add_argument("--rank-option", action="append", metavar="NAME=VALUE",
+                   help=prefix + "an inference option the model declares (e.g. beam=100 for the generative models)")
+
+
+def rank_options(model, args, ds=None) -> dict:
+    """The inference options of `--control` and `--rank-option NAME=VALUE`, checked against the
+    options the model declares (`rank_options`); `--control cat:NAME` takes a category name of
+    the dataset `ds` as well as an id."""
+    from ..settings import call_options
+
+    pairs = list(getattr(args, "rank_option", None) or [])
+    if getattr(args, "control", None):
+        pairs.append(f"control={args.control}")
+    opts = call_options(pairs, model.rank_options, f"model {model.model_name!r}")
+    if "control" in opts:
+        ctrl = str(opts["control"])
+        if ctrl.startswith("cat:") and ds is not None and ctrl[4:] in ds.category_names:
+            ctrl = f"cat:{ds.category_names.index(ctrl[4:])}"
+        opts["control"] = ctrl
+    return opts
 
 
 # ------------------------------------------------------------------------------ parsers
@@ -461,6 +474,7 @@ def extend_parsers(build, retrieve, index_subparsers=None) -> None:
     retrieve.add_argument("--users", help="with --checkpoint: comma-separated original user ids (default: every user)")
     retrieve.add_argument("--limit", type=int, default=0, help="with --checkpoint: the first N users only (0 = all)")
     retrieve.add_argument("--batch-size", type=int, default=256, help="with --checkpoint: users per model call")
+    add_rank_option_args(retrieve, "with --checkpoint: ")
 
     def retrieve_handler(args) -> int:
         if args.checkpoint:

@@ -375,7 +375,10 @@ class GenerativeRetriever(Recommender):
             return EXPLORE
         if control == "repeat":
             return REPEAT
-        cat = int(str(control).removeprefix("cat:"))
+        text = str(control).removeprefix("cat:")
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f"control {control!r}: expected none, explore, repeat or cat:<category id>")
+        cat = int(text)
         if not 0 <= cat < self.config.n_categories:
             raise ValueError(f"control: category {cat} is out of range 0..{self.config.n_categories - 1}")
         return FIRST_CATEGORY + cat
