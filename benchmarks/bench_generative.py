@@ -3,6 +3,7 @@
     python -m benchmarks generative retrieval --dataset Beauty-text --minutes 25
     python -m benchmarks generative actions --minutes 15            # MovieLens-1M ratings, leave-5-out
     python -m benchmarks generative control --minutes 10            # the synthetic world
+    python -m benchmarks generative dgi --dataset Beauty-text --minutes 25
 
 retrieval: Recall / NDCG at 10 and 50, popularity buckets, unmasked (as generative papers report)
 and masked, and beam width against recall and decoding time for 1024 test users beside SASRec's
@@ -10,7 +11,14 @@ full-catalogue scoring of the same users. actions: on every held-out event of a 
 the AUC of like against dislike (and per action) of p(action | history, item), against the item's
 and the user's training like rate and a logistic model on both. control: with [EXPLORE] against
 no control, the share of top-10 items from categories new to the user and Recall@10 on explore
-and on repeat targets; the in-scope share under a hard category scope.
+and on repeat targets; the in-scope share under a hard category scope. dgi: DGI (learned IDs,
+soft teacher forcing) against its straight-through ablation and the two-stage pipeline (RQ-KMeans
+IDs + the generative model, reused from a retrieval run with the same --out and --set): Recall /
+NDCG@10, HR@10 per popularity bucket (equal item counts, as the evaluator defines them, and equal
+numbers of test targets), gradient-norm variance over steps, the final IDs' health.
+
+--set KEY=VALUE overrides the generative configs of retrieval, actions and dgi (e.g. a smaller
+decoder for a CPU budget); the records keep the whole config.
 """
 
 from __future__ import annotations
@@ -35,9 +43,16 @@ SASREC = {"Beauty-text": "sasrec_beauty.yaml", "ml-1m-ratings": "sasrec_ml1m.yam
 def experiment(name: str, a, out: Path, overrides: list[str]):
     from crbr.config import load_config
 
-    over = [f"train.max_minutes={a.minutes}", "train.progress=false", f"train.threads={a.threads}",
+    over = [f"train.max_minutes={a.minutes}", "train.progress=false", f"train.threads={a.threads}", f"train.device={a.device}",
             f"data.root={data_root(a.data_root)}", *overrides]
     return load_config(ROOT / "configs" / name, over)
+
+
+def generative_config(a, out: Path, run: str, extra: list[str] = ()):
+    """The dataset's generative config with the run's --set overrides, writing into out / run; no
+    validation while training (decoding every validation user is the expensive part): the final
+    weights of the capped run are the result."""
+    return experiment(CONFIGS[a.dataset], a, out, [f"out_dir={out / run}", "train.eval_every=100000", *a.set, *extra])
 
 
 def semantic_ids(ds, out: Path, features: str, seed: int) -> str:
@@ -57,9 +72,11 @@ def train(cfg, ds, split, run_dir: Path, reuse: bool = True):
     from crbr.models import build_model, load_model
     from crbr.train.loop import Trainer
 
-    best = run_dir / "checkpoints" / "best.safetensors"
-    if reuse and (run_dir / "results.json").exists() and best.exists():
-        model, _ = load_model(best)
+    # a run without validation keeps its final weights (last), one with validation its best
+    ckpt = [run_dir / "checkpoints" / f"{w}.safetensors" for w in ("best", "last")]
+    ckpt = [p for p in ckpt if p.exists()]
+    if reuse and (run_dir / "results.json").exists() and ckpt:
+        model, _ = load_model(ckpt[0])
     else:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model_name, cfg.model_params, ds, split)
@@ -87,12 +104,12 @@ def run_retrieval(a, argv, out: Path) -> list:
     from crbr.eval import EvalResult
     from crbr.eval.setup import build_evaluator
 
-    # no validation while training (decoding every validation user is the expensive part): the
-    # final weights of the capped run are the result
-    gcfg = experiment(CONFIGS[a.dataset], a, out, [f"out_dir={out / 'generative'}", "train.eval_every=100000"])
+    gcfg = generative_config(a, out, "generative")
     ds, split = prepare_with_split(gcfg)
     gcfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
-    scfg = experiment(SASREC[a.dataset], a, out, [f"data.name={a.dataset}", f"out_dir={out / 'sasrec'}"])
+    # fp32: bf16 matmuls are slower than fp32 on CPUs without bf16 units
+    scfg = experiment(SASREC[a.dataset], a, out, [f"data.name={a.dataset}", f"out_dir={out / 'sasrec'}",
+                                                 f"train.bf16={str(a.device == 'cuda').lower()}"])
     gen, gres = train(gcfg, ds, split, out / "generative")
     sas, sres = (None, None) if a.no_sasrec else train(scfg, ds, split, out / "sasrec")
     records, lines = [], []
@@ -109,7 +126,7 @@ def run_retrieval(a, argv, out: Path) -> list:
         records.append(record(a, argv, a.dataset, "generative", tag, g,
                               {"train_s": gres["train_seconds"], "epochs": gres["epochs_run"], "test_decode_s": g_s},
                               f"trained for at most {a.minutes} min (final weights, no validation during training); "
-                              f"beam {gen.config.beam}"))
+                              f"beam {gen.config.beam}", config=gcfg.to_dict()))
         pairs = [("generative", g)]
         if sas is not None:
             s = build_evaluator(ds, split, "test", gcfg.eval, sas.max_len).evaluate_model(sas)
@@ -155,6 +172,104 @@ def beam_sweep(a, argv, ds, split, gen, sas, lines):
         lines.append(f"SASRec full-catalogue scoring: {out['sasrec_ms_per_user']:.2f} ms/user")
     return record(a, argv, a.dataset, "generative", "beam_sweep", out, {"users": len(es)},
                   f"{len(es)} test users, unmasked, 1 process with {a.threads} thread(s)")
+
+
+# ---------------------------------------------------------------------------------- DGI
+DGI_VARIANTS = {"dgi": [], "dgi_ste": ["model.soft=false"]}
+
+
+def target_buckets(ev, ds, split, topk: np.ndarray, n: int = 5) -> list[float]:
+    """HR@10 in n buckets of equal numbers of test targets, head -> tail by training popularity
+    (the evaluator's buckets hold equal numbers of items, so its tail bucket has few targets)."""
+    from crbr.data.dataset import train_item_counts
+
+    es = split.test
+    pop = train_item_counts(ds, split)
+    hits, tpop = [], []
+    for u in range(len(es)):
+        for t in np.unique(es.target_items[es.target_offsets[u] : es.target_offsets[u + 1]]):
+            hits.append(t in topk[u, :10])
+            tpop.append(pop[t])
+    order = np.argsort(-np.asarray(tpop), kind="stable")
+    return [float(np.mean(np.asarray(hits)[part])) for part in np.array_split(order, n)]
+
+
+def grad_variance(run_dir: Path) -> dict[str, float]:
+    """Per gradient group, the mean over epochs of the variance over steps of its norm
+    (mean(n^2) - mean(n)^2 from metrics.csv), and of the coefficient of variation."""
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    out: dict[str, float] = {}
+    for g in ("encoder", "codebooks", "decoder"):
+        m = np.array([float(r[f"grad_{g}_norm"]) for r in rows if r.get(f"grad_{g}_norm")])
+        sq = np.array([float(r[f"grad_{g}_norm_sq"]) for r in rows if r.get(f"grad_{g}_norm_sq")])
+        if len(m):
+            var = np.maximum(sq - m * m, 0)
+            out[f"grad_{g}_norm_mean"] = float(m.mean())
+            out[f"grad_{g}_norm_var"] = float(var.mean())
+            out[f"grad_{g}_norm_cv"] = float(np.mean(np.sqrt(var) / np.maximum(m, 1e-12)))
+    return out
+
+
+def id_health(model, ds, split) -> dict[str, float]:
+    from crbr.models.dgi import DGI
+    from crbr.semantic_ids import SemanticIDs
+    from crbr.semantic_ids.health import health_report
+
+    if isinstance(model, DGI):
+        codes, _ = model.export_ids()
+        sid = SemanticIDs.from_codes(codes[1:], model.config.codebook_sizes, ds.item_ids)
+    else:
+        sid = SemanticIDs.load(model.config.semantic_ids)
+    rep = health_report(sid, ds, split)
+    out = {f"level{l + 1}_{k}": float(v) for l, lv in enumerate(rep["codebook"]) for k, v in lv.items()
+           if k in ("perplexity", "dead_codes", "dead_share", "gini")}
+    out.update({k: float(v) for k, v in rep["ids"].items() if isinstance(v, (int, float))})
+    out.update({f"prefix_lift_{k}": float(v["lift"]) for k, v in rep.get("prefix_lift", {}).items()})
+    return out
+
+
+def run_dgi(a, argv, out: Path) -> list:
+    """DGI and its straight-through ablation, trained here, against the two-stage pipeline."""
+    from crbr.data.prepare import prepare_with_split
+    from crbr.eval.setup import build_evaluator
+
+    gcfg = generative_config(a, out, "generative")
+    ds, split = prepare_with_split(gcfg)
+    gcfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
+    cfgs = {}
+    for name, extra in DGI_VARIANTS.items():
+        cfg = generative_config(a, out, name, ["model.name=dgi", f"model.anneal_steps={a.anneal_steps}", *extra])
+        cfg.model.pop("semantic_ids", None)
+        cfgs[name] = cfg
+    cfgs["two_stage"] = gcfg
+    records, lines = [], ["| model | Recall@10 | NDCG@10 | HR@10 by item bucket | HR@10 by target bucket | train s |",
+                          "|---|---|---|---|---|---|"]
+    for name, cfg in cfgs.items():
+        model, res = train(cfg, ds, split, out / ("generative" if name == "two_stage" else name))
+        ev = build_evaluator(ds, split, "test", cfg.eval, model.max_len)
+        ev.export_k = 10
+        t0 = time.perf_counter()
+        r = ev.evaluate_model(model, export=True)
+        metrics = dict(r.metrics)
+        tb = target_buckets(ev, ds, split, r.topk_items)
+        metrics.update({f"HR@10_item_bucket{i + 1}": h for i, h in enumerate(r.bucket_hr10)})
+        metrics.update({f"HR@10_target_bucket{i + 1}": h for i, h in enumerate(tb)})
+        if name != "two_stage":
+            metrics.update(grad_variance(out / name))
+        metrics.update({f"ids_{k}": v for k, v in id_health(model, ds, split).items()})
+        records.append(record(a, argv, a.dataset, "dgi" if name != "two_stage" else "generative", name, r,
+                              {"train_s": res["train_seconds"], "epochs": res["epochs_run"],
+                               "test_decode_s": time.perf_counter() - t0},
+                              f"trained for at most {a.minutes} min (final weights); beam {model.config.beam}; "
+                              "HR@10 buckets head -> tail", config=cfg.to_dict()))
+        records[-1].metrics = metrics
+        lines.append(f"| {name} | {metrics['Recall@10']:.4f} | {metrics['NDCG@10']:.4f} | "
+                     f"{' / '.join(f'{h:.3f}' for h in r.bucket_hr10)} | {' / '.join(f'{h:.3f}' for h in tb)} | "
+                     f"{res['train_seconds']:.0f} |")
+    write_report(out, f"generative_dgi_{a.dataset}", "\n".join(lines))
+    return records
 
 
 # ---------------------------------------------------------------------------------- actions
@@ -227,7 +342,8 @@ def run_actions(a, argv, out: Path) -> list:
     from crbr.data.batching import history_batch
     from crbr.data.prepare import prepare_with_split
 
-    cfg = experiment(CONFIGS["ml-1m-ratings"], a, out, [f"out_dir={out / 'generative_actions'}"])
+    a.dataset = "ml-1m-ratings"
+    cfg = generative_config(a, out, "generative_actions")
     ds, split = prepare_with_split(cfg)
     cfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
     gen, gres = train(cfg, ds, split, out / "generative_actions")
@@ -340,20 +456,25 @@ def run_control(a, argv, out: Path) -> list:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = parser("generative", __doc__)
-    ap.add_argument("mode", choices=["retrieval", "actions", "control"])
+    ap.add_argument("mode", choices=["retrieval", "actions", "control", "dgi"])
     ap.add_argument("--dataset", default="Beauty-text", choices=sorted(CONFIGS))
     ap.add_argument("--minutes", type=float, default=25.0, help="training cap of every model")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="train.device of every model (cpu, cuda)")
     ap.add_argument("--users", type=int, default=1000, help="test users of the control measurements")
     ap.add_argument("--no-sasrec", action="store_true", help="retrieval: do not train SASRec beside the model")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides of the generative configs (retrieval, actions, dgi), e.g. model.n_layers=2")
+    ap.add_argument("--anneal-steps", type=int, default=2000, help="dgi: Gumbel temperature annealing steps")
     add_output_args(ap, "generative")
     add_data_arg(ap)
     a: argparse.Namespace = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = {"retrieval": run_retrieval, "actions": run_actions, "control": run_control}[a.mode](a, argv, out)
+    modes = {"retrieval": run_retrieval, "actions": run_actions, "control": run_control, "dgi": run_dgi}
+    records = modes[a.mode](a, argv, out)
     publish(records, a)
     return 0
 
