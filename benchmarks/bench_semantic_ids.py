@@ -84,7 +84,7 @@ def collaborative(ds, split, name: str, a, out: Path) -> np.ndarray:
         stem = {"ml-1m": "ml1m", "Beauty-text": "beauty"}.get(name, "ml1m")
         cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"sasrec_{stem}.yaml",
                           [f"data.name={name}", f"train.max_minutes={a.collab_minutes}", "train.progress=false",
-                           f"out_dir={out / f'sasrec_{name}'}"])
+                           "train.bf16=false", "train.threads=1", f"out_dir={out / f'sasrec_{name}'}"])
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model_name, cfg.model_params, ds, split)
         Trainer(model, ds, split, cfg).fit()
@@ -107,8 +107,8 @@ def inputs(name: str, a, out: Path):
         return ds, split, {"truth": np.asarray(world.item_embeddings, np.float32), "text": item_features(ds, "text")}, world
     ds = prepare(DataConfig(name=name, root=str(data_root(a.data_root))))
     split = leave_one_out(ds)
-    embs = {"text": item_features(ds, "text")}
-    if not a.no_collab:
+    embs = {"text": item_features(ds, "text")} if "text" in a.inputs else {}
+    if not a.no_collab and "collab" in a.inputs:
         embs["collab"] = collaborative(ds, split, name, a, out)
     return ds, split, embs, None
 
@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collab", default="", help="a SASRec checkpoint for the collaborative input (one dataset)")
     ap.add_argument("--collab-minutes", type=float, default=10.0, help="training cap of the SASRec trained otherwise")
     ap.add_argument("--no-collab", action="store_true")
+    ap.add_argument("--inputs", nargs="+", default=["text", "collab", "truth"], choices=["text", "collab", "truth"],
+                    help="which item embeddings to tokenize (truth: the synthetic world's true vectors)")
     ap.add_argument("--rqvae-epochs", type=int, default=60, help="RQ-VAE training epochs (early stopping, patience 5)")
     ap.add_argument("--seed", type=int, default=0)
     add_output_args(ap, "semantic_ids")
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in a.datasets:
         ds, split, embs, world = inputs(name, a, out)
         kinds = list(a.tokenizers) + ([f"rq-kmeans-k1:{len(ds.category_names)}"] if world is not None else [])
-        for input_name, X in embs.items():
+        for input_name, X in ((k, v) for k, v in embs.items() if k in a.inputs):
             x = np.asarray(X[1:], np.float32)
             for kind in kinds:
                 if kind.startswith("rq-kmeans-k1") and input_name != "truth":
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 records.append(r)
                 lines.append(summary(r))
                 print(lines[-1], flush=True)
-        if name == "Beauty-text":
+        if name == "Beauty-text" and "text" in a.inputs:
             records.append(letter_record(ds, split, a, argv))
             lines.append(summary(records[-1]))
             print(lines[-1], flush=True)

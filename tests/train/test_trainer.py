@@ -51,6 +51,7 @@ def fit(world, c, resume=False):
 
 def test_learns_far_above_popularity(world, tmp_path):
     tr, res = fit(world, cfg(tmp_path, epochs=8))
+    assert not tr.model.training  # fit hands the model back ready for inference
     ds, split = tr.ds, tr.split
     counts = train_item_counts(ds, split)
     pop = torch.as_tensor(counts, dtype=torch.float32)

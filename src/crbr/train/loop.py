@@ -290,7 +290,8 @@ class TrainLoop:
     # ------------------------------------------------------------------ fit
     def fit(self, resume: bool = False) -> FitResult:
         """Train until train.epochs, early stopping or train.max_minutes; then evaluate the best
-        weights (which the model keeps). resume: continue from checkpoints/last.pt if there is one."""
+        weights (which the model keeps, in eval mode). resume: continue from checkpoints/last.pt
+        if there is one."""
         state = self.start(resume)
         for epoch in range(state.epoch + 1, self.tc.epochs + 1):
             row = self.train_one_epoch(state, epoch)
@@ -300,7 +301,9 @@ class TrainLoop:
             if self.stop_vote(state, row):
                 break
         self.files.close()
-        return self.finish(state)
+        result = self.finish(state)
+        self.model.eval()
+        return result
 
     def start(self, resume: bool) -> TrainState:
         """Seed, prepare the data, build the optimizer (DDP, moving average); continue from last.pt
