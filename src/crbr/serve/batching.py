@@ -155,9 +155,11 @@ class MicroBatcher:
         self.metrics.model_seconds.observe(timing.model_s)
         if timing.index_s:
             self.metrics.index_seconds.observe(timing.index_s)
+        outcomes = collections.Counter("ok" if isinstance(r, Answer) else ("invalid" if isinstance(r, RequestError)
+                                                                           else "error") for r in results)
+        for outcome, n in outcomes.items():
+            self.metrics.answered.labels(outcome).inc(n)
         for j, r in zip(live, results):
-            outcome = "ok" if isinstance(r, Answer) else ("invalid" if isinstance(r, RequestError) else "error")
-            self.metrics.answered.labels(outcome).inc()
             if j.future.done():  # the handler gave up meanwhile
                 continue
             if isinstance(r, BaseException):

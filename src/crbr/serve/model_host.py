@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -148,6 +147,7 @@ class Snapshot:
     _sorted_rows: np.ndarray = field(default=None, repr=False)
     _item_ids: np.ndarray = field(default=None, repr=False)
     _actions: dict[str, int] = field(default_factory=dict, repr=False)
+    _action_ids: dict[Any, int] = field(default_factory=dict, repr=False)
     _categories: dict[str, int] = field(default_factory=dict, repr=False)
     _cat_items: list[np.ndarray] | None = field(default=None, repr=False)
 
@@ -158,6 +158,9 @@ class Snapshot:
         self._item_ids = np.concatenate([[""], ids]).astype(str)
         self.catalogue.item_ids = self._item_ids  # one copy (fixed-width strings, not 1M Python objects)
         self._actions = {name: i for i, name in enumerate(self.catalogue.action_names) if i > 0}
+        # every valid value of an event's action (none, a name, an id) -> its id, for one lookup per event
+        self._action_ids = {None: self.catalogue.default_action, **self._actions,
+                            **{i: i for i in range(1, len(self.catalogue.action_names))}}
         self._categories = {name: i for i, name in enumerate(self.catalogue.category_names)}
 
     # ------------------------------------------------------------------ facts
@@ -201,9 +204,17 @@ class Snapshot:
         """Internal ids of original ids (0 = unknown)."""
         if not ids:
             return np.zeros(0, np.int64)
-        q = np.asarray(ids).astype(str)
+        q = np.asarray(ids, dtype=str)
+        fits = None
+        if q.dtype.itemsize > self._sorted_ids.dtype.itemsize:
+            # an id longer than every catalogue id is unknown; searched at its own width, numpy would
+            # first copy the whole sorted catalogue to that width (on every such request)
+            fits = np.strings.str_len(q) <= self._sorted_ids.dtype.itemsize // 4
+            q = np.where(fits, q, "").astype(self._sorted_ids.dtype)
         pos = np.searchsorted(self._sorted_ids, q).clip(max=len(self._sorted_ids) - 1)
         hit = self._sorted_ids[pos] == q
+        if fits is not None:
+            hit &= fits
         return np.where(hit, self._sorted_rows[pos], 0)
 
     def original(self, internal: np.ndarray) -> list[str]:
@@ -220,17 +231,21 @@ class Snapshot:
             return int(c)
         raise RequestError(where, f"category id {c} is out of range 0..{len(self.catalogue.category_names) - 1}")
 
-    def items_of_categories(self, cats: list[int]) -> np.ndarray:
-        """Sorted internal ids of the items in any of `cats`."""
-        if self._cat_items is None:  # category -> items, built on first use
+    def category_items(self) -> list[np.ndarray]:
+        """Each category's items (sorted internal ids), built on first use."""
+        if self._cat_items is None:
             off, cid = self.catalogue.cat_offsets, self.catalogue.cat_ids
             item = np.repeat(np.arange(len(off) - 1, dtype=np.int64), np.diff(off))
             order = np.argsort(cid, kind="stable")
             bounds = np.searchsorted(cid[order], np.arange(len(self.catalogue.category_names) + 1))
             items = item[order]
             self._cat_items = [np.sort(items[bounds[c]:bounds[c + 1]]) for c in range(len(bounds) - 1)]
-        parts = [self._cat_items[c] for c in cats]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return self._cat_items
+
+    def items_of_categories(self, cats: list[int]) -> np.ndarray:
+        """Sorted internal ids of the items in any of `cats`."""
+        parts = [self.category_items()[c] for c in cats]
+        return sorted_unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
     # ------------------------------------------------------------------ requests
     def prepare(self, q: Any, prefix: str = "") -> Prepared:
@@ -240,15 +255,41 @@ class Snapshot:
         raw = [str(e.item) for e in events]
         rows = self.lookup(raw)
         known = rows > 0
-        unknown = [r for r, ok in zip(raw, known) if not ok]
+        unknown = [] if known.all() else [raw[i] for i in np.flatnonzero(~known)]
         if not known.any():
             shown = ", ".join(repr(u) for u in unknown[:5]) + (", ..." if len(unknown) > 5 else "")
             raise RequestError(f"{prefix}events", f"no usable history: none of the {len(events)} event item(s) is in "
                                                   f"the catalogue ({shown})", kind="empty_history")
-        actions = np.empty(len(events), np.int64)
-        n_ts = 0
-        for i, e in enumerate(events):
-            a = e.action
+        actions = self._event_actions(events, prefix)
+        stamps = [e.timestamp for e in events]
+        n_missing = stamps.count(None)
+        if 0 < n_missing < len(events):
+            raise RequestError(f"{prefix}events[{stamps.index(None)}].timestamp",
+                               "give a timestamp on every event or on none")
+        ts = None
+        if n_missing < len(events) and self.catalogue.has_timestamps:
+            ts = np.asarray(stamps, dtype=np.int64)[known]
+        L = self.max_len
+        items, acts = rows[known].astype(np.int64)[-L:], actions[known][-L:]
+        ts = None if ts is None else ts[-L:]
+        seen = sorted_unique(rows[known])
+        categories, allow, unknown_scope, n_unknown_scope, exclude_seen = self._scope(q.scope, prefix)
+        control = self._control(q.control, prefix)
+        options = dict(q.options or {})
+        if "control" in options:
+            raise RequestError(f"{prefix}options.control", "give the control token in the `control` field")
+        return Prepared(self, prefix, items, acts, ts, seen, q.k, categories, allow, exclude_seen, control, options,
+                        unknown[:SHOWN_UNKNOWN], len(unknown), unknown_scope, n_unknown_scope)
+
+    def _event_actions(self, events: list[Any], prefix: str) -> np.ndarray:
+        """(n,) int64 action ids of the events (the default action where none is given)."""
+        given = [e.action for e in events]
+        try:
+            return np.array([self._action_ids[a] for a in given], dtype=np.int64)
+        except (KeyError, TypeError):  # one is not an action: say which
+            pass
+        actions = np.empty(len(given), np.int64)
+        for i, a in enumerate(given):
             if a is None:
                 actions[i] = self.catalogue.default_action
             elif isinstance(a, str):
@@ -261,54 +302,39 @@ class Snapshot:
                     raise RequestError(f"{prefix}events[{i}].action",
                                        f"action id {a} is out of range 1..{len(self.catalogue.action_names) - 1}")
                 actions[i] = a
-            n_ts += e.timestamp is not None
-        if 0 < n_ts < len(events):
-            first = next(i for i, e in enumerate(events) if e.timestamp is None)
-            raise RequestError(f"{prefix}events[{first}].timestamp",
-                               "give a timestamp on every event or on none")
-        ts = None
-        if n_ts and self.catalogue.has_timestamps:
-            ts = np.asarray([e.timestamp for e in events], dtype=np.int64)[known]
-        items = rows[known].astype(np.int64)
-        acts = actions[known]
-        L = self.max_len
-        items, acts = items[-L:], acts[-L:]
-        ts = None if ts is None else ts[-L:]
-        seen = np.unique(rows[known])
-        # scope
-        categories = allow = None
-        unknown_scope = None
+        return actions
+
+    def _scope(self, s: Any, prefix: str) -> tuple:
+        """(categories, allow, unknown_scope, n_unknown_scope, exclude_seen) of a request's scope."""
+        if s is None:
+            return None, None, None, 0, False
+        categories = allow = unknown_scope = None
         n_unknown_scope = 0
-        exclude_seen = False
-        if q.scope is not None:
-            s = q.scope
-            exclude_seen = bool(s.exclude_seen)
-            if s.categories is not None:
-                categories = sorted({self.category_id(c, f"{prefix}scope.categories[{i}]")
-                                     for i, c in enumerate(s.categories)})
-            if s.items is not None:
-                raw_s = [str(x) for x in s.items]
-                r = self.lookup(raw_s)
-                allow = np.unique(r[r > 0])
-                unknown_scope = [x for x, v in zip(raw_s, r) if v == 0]
-                n_unknown_scope = len(unknown_scope)
-                unknown_scope = unknown_scope[:SHOWN_UNKNOWN]
-        # control and options
-        control = q.control
-        if control is not None:
-            if not self.takes_control:
-                raise RequestError(f"{prefix}control", f"the served model ({self.model_name}) takes no control token")
-            if isinstance(control, str) and control.startswith("cat:"):
-                name = control[4:]
-                if name in self._categories:
-                    control = f"cat:{self._categories[name]}"
-                elif not name.lstrip("-").isdigit():
-                    raise RequestError(f"{prefix}control", f"unknown category {name!r}")
-        options = dict(q.options or {})
-        if "control" in options:
-            raise RequestError(f"{prefix}options.control", "give the control token in the `control` field")
-        return Prepared(self, prefix, items, acts, ts, seen, q.k, categories, allow, exclude_seen, control, options,
-                        unknown[:SHOWN_UNKNOWN], len(unknown), unknown_scope, n_unknown_scope)
+        if s.categories is not None:
+            categories = sorted({self.category_id(c, f"{prefix}scope.categories[{i}]")
+                                 for i, c in enumerate(s.categories)})
+        if s.items is not None:
+            raw_s = [str(x) for x in s.items]
+            r = self.lookup(raw_s)
+            allow = sorted_unique(r[r > 0])
+            unknown_scope = [raw_s[i] for i in np.flatnonzero(r == 0)]
+            n_unknown_scope = len(unknown_scope)
+            unknown_scope = unknown_scope[:SHOWN_UNKNOWN]
+        return categories, allow, unknown_scope, n_unknown_scope, bool(s.exclude_seen)
+
+    def _control(self, control: Any, prefix: str) -> Any:
+        """A request's control token, with a category named in "cat:NAME" as its id."""
+        if control is None:
+            return None
+        if not self.takes_control:
+            raise RequestError(f"{prefix}control", f"the served model ({self.model_name}) takes no control token")
+        if isinstance(control, str) and control.startswith("cat:"):
+            name = control[4:]
+            if name in self._categories:
+                return f"cat:{self._categories[name]}"
+            if not name.lstrip("-").isdigit():
+                raise RequestError(f"{prefix}control", f"unknown category {name!r}")
+        return control
 
     # ------------------------------------------------------------------ batched model calls
     def batch_of(self, group: list[Prepared]) -> dict[str, torch.Tensor]:
@@ -367,7 +393,7 @@ class Snapshot:
             ids, scores, path = res.ids[b], res.scores[b], res.path[b]
             keep = ids >= 0
             if p.exclude_seen and len(p.seen):
-                keep &= ~np.isin(ids, p.seen)
+                keep &= ~in_sorted(ids, p.seen)
             ids, scores, path = ids[keep][: p.k], scores[keep][: p.k], path[keep][: p.k]
             out.append(self._answer(p, ids, scores, path, None if codes is None else codes[b],
                                     None if path_scores is None else path_scores[b]))
@@ -378,11 +404,29 @@ class Snapshot:
             return None
         if p.categories is not None and self.index.cat_offsets is not None:
             return Scope(categories=p.categories, items=p.allow)
-        allow = p.allow
-        if p.categories is not None:
-            in_cats = self.items_of_categories(p.categories)
-            allow = in_cats if allow is None else np.intersect1d(allow, in_cats, assume_unique=True)
-        return Scope(items=allow)
+        return Scope(items=self.scope_items(p))
+
+    def scope_items(self, p: Prepared) -> np.ndarray:
+        """Sorted internal ids a scoped request may get: its categories' items, its allow-list,
+        or those on both."""
+        if p.categories is None:
+            return p.allow
+        in_cats = self.items_of_categories(p.categories)
+        return in_cats if p.allow is None else np.intersect1d(p.allow, in_cats, assume_unique=True)
+
+    def _scope_row(self, row: np.ndarray, p: Prepared) -> None:
+        """Set `row` ((I,) bool) True on exactly the items a scoped request may get (as
+        `scope_items`, without building the sorted union of its categories)."""
+        row[:] = False
+        if p.categories is None:
+            row[p.allow] = True
+            return
+        for c in p.categories:
+            row[self.category_items()[c]] = True
+        if p.allow is not None:
+            listed = p.allow[row[p.allow]]
+            row[:] = False
+            row[listed] = True
 
     def _run_rank(self, group: list[Prepared], options: dict[str, Any], timing: Timing) -> list[Answer]:
         batch = self.batch_of(group)
@@ -401,14 +445,7 @@ class Snapshot:
             mask = np.ones((B, I), dtype=bool)
             for b, p in enumerate(group):
                 if p.scoped:
-                    row = np.zeros(I, dtype=bool)
-                    if p.categories is not None:
-                        row[self.items_of_categories(p.categories)] = True
-                    if p.allow is not None:
-                        listed = np.zeros(I, dtype=bool)
-                        listed[p.allow] = True
-                        row = row & listed if p.categories is not None else listed
-                    mask[b] = row
+                    self._scope_row(mask[b], p)
             scope = torch.from_numpy(mask)
         kwargs = dict(options)
         if first_control(group) is not None:
@@ -437,19 +474,18 @@ class Snapshot:
 
     def _answer(self, p: Prepared, ids: np.ndarray, scores: np.ndarray, path: np.ndarray | None,
                 codes: torch.Tensor | None, path_scores: torch.Tensor | None) -> Answer:
-        names = self.original(ids)
-        items = []
+        finite = np.isfinite(scores)
+        if not finite.all():
+            ids, scores, path = ids[finite], scores[finite], None if path is None else path[finite]
+        names, values = self.original(ids), scores.tolist()
         code_rows = None if codes is None else codes.tolist()
-        for j, (name, s) in enumerate(zip(names, scores.tolist())):
-            if not math.isfinite(s):
-                continue
-            it: dict[str, Any] = {"item": name, "score": s}
-            if path is not None:
-                t = int(path[j])
-                it["path"] = t
-                if code_rows is not None:
-                    it["codes"] = code_rows[t]
-            items.append(it)
+        if path is None:
+            items = [{"item": n, "score": v} for n, v in zip(names, values)]
+        elif code_rows is None:
+            items = [{"item": n, "score": v, "path": t} for n, v, t in zip(names, values, path.tolist())]
+        else:
+            items = [{"item": n, "score": v, "path": t, "codes": code_rows[t]}
+                     for n, v, t in zip(names, values, path.tolist())]
         body: dict[str, Any] = {
             "items": items,
             "k": p.k,
@@ -467,6 +503,19 @@ class Snapshot:
 
 def first_control(group: list[Prepared]) -> Any:
     return group[0].control
+
+
+def sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique of a 1-d array, by sorting: numpy's hash-based unique is many times slower on
+    the tens of thousands of ids of a large category or allow-list."""
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if len(a) else a
+
+
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """np.isin(values, sorted_set) for a sorted, non-empty `sorted_set`, by binary search."""
+    pos = np.searchsorted(sorted_set, values).clip(max=len(sorted_set) - 1)
+    return sorted_set[pos] == values
 
 
 # ------------------------------------------------------------------------------- loading

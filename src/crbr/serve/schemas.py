@@ -33,6 +33,8 @@ class Limits:
 
 def _name_or_id(v: Any) -> str | int:
     """A name (1..ID_CHARS characters) or an integer id; never a bool, float or container."""
+    if type(v) is str and 0 < len(v) <= ID_CHARS:  # the common case first (one validator call per event)
+        return v
     if isinstance(v, bool) or not isinstance(v, (str, int)):
         raise ValueError(f"must be a string or an integer, got {_kind(v)}")
     if isinstance(v, str) and not 1 <= len(v) <= ID_CHARS:
@@ -43,6 +45,8 @@ def _name_or_id(v: Any) -> str | int:
 
 
 def _item_id(v: Any) -> str:
+    if type(v) is str and 0 < len(v) <= ID_CHARS:
+        return v
     return str(_name_or_id(v))
 
 
