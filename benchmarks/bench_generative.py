@@ -194,24 +194,6 @@ def target_buckets(ev, ds, split, topk: np.ndarray, n: int = 5) -> list[float]:
     return [float(np.mean(np.asarray(hits)[part])) for part in np.array_split(order, n)]
 
 
-def grad_variance(run_dir: Path) -> dict[str, float]:
-    """Per gradient group, the mean over epochs of the variance over steps of its norm
-    (mean(n^2) - mean(n)^2 from metrics.csv), and of the coefficient of variation."""
-    import csv
-
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
-    out: dict[str, float] = {}
-    for g in ("encoder", "codebooks", "decoder"):
-        m = np.array([float(r[f"grad_{g}_norm"]) for r in rows if r.get(f"grad_{g}_norm")])
-        sq = np.array([float(r[f"grad_{g}_norm_sq"]) for r in rows if r.get(f"grad_{g}_norm_sq")])
-        if len(m):
-            var = np.maximum(sq - m * m, 0)
-            out[f"grad_{g}_norm_mean"] = float(m.mean())
-            out[f"grad_{g}_norm_var"] = float(var.mean())
-            out[f"grad_{g}_norm_cv"] = float(np.mean(np.sqrt(var) / np.maximum(m, 1e-12)))
-    return out
-
-
 def id_health(model, ds, split) -> dict[str, float]:
     from crbr.models.dgi import DGI
     from crbr.semantic_ids import SemanticIDs
@@ -232,6 +214,7 @@ def id_health(model, ds, split) -> dict[str, float]:
 
 def run_dgi(a, argv, out: Path) -> list:
     """DGI and its straight-through ablation, trained here, against the two-stage pipeline."""
+    from crbr.analysis import grad_variance
     from crbr.data.prepare import prepare_with_split
     from crbr.eval.setup import build_evaluator
 
@@ -273,24 +256,6 @@ def run_dgi(a, argv, out: Path) -> list:
 
 
 # ---------------------------------------------------------------------------------- actions
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    s = np.r_[pos, neg]
-    order = np.argsort(s, kind="stable")
-    ranks = np.empty(len(s))
-    ranks[order] = np.arange(1, len(s) + 1)
-    _, inv, cnt = np.unique(s, return_inverse=True, return_counts=True)  # average ranks of ties
-    ranks = (np.bincount(inv, weights=ranks) / cnt)[inv]
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def grouped_auc(users: np.ndarray, score: np.ndarray, label: np.ndarray) -> float:
-    vals = [auc(score[(users == u) & label], score[(users == u) & ~label]) for u in np.unique(users)]
-    vals = [v for v in vals if not np.isnan(v)]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
 def held_out_events(ds, es):
     """(user row, item, action) of every held-out event, with the user's visible history length."""
     counts = np.diff(es.target_offsets)
@@ -338,59 +303,80 @@ def logistic(x_train, y_train, x_test) -> np.ndarray:
         return (torch.tensor(x_test, dtype=torch.float64) @ w[1:] + w[0]).numpy()
 
 
-def run_actions(a, argv, out: Path) -> list:
+ACTION_VARIANTS = {"full": [], "no_action_input": ["model.action_input=false"], "no_residual": ["model.residual=false"]}
+
+
+def propensities(gen, ds, es, users: np.ndarray) -> np.ndarray:
+    """(P, A) p(action | visible history, item) of every held-out event of `es`, by teacher forcing."""
     from crbr.data.batching import history_batch
+
+    counts = np.diff(es.target_offsets)
+    probs = np.zeros((len(users), gen.config.n_actions))
+    for s in range(0, len(es), 256):
+        rows = np.arange(s, min(s + 256, len(es)))
+        b = history_batch(ds, es.users[rows], es.hist_len[rows], gen.max_len)
+        cand = np.zeros((len(rows), int(counts[rows].max())), dtype=np.int64)
+        for j, r in enumerate(rows):
+            cand[j, : counts[r]] = es.target_items[es.target_offsets[r] : es.target_offsets[r + 1]]
+        with torch.no_grad():
+            p = gen.action_propensity(b, torch.from_numpy(np.maximum(cand, 1))).numpy()
+        probs[np.isin(users, rows)] = np.concatenate([p[j, : counts[r]] for j, r in enumerate(rows)])
+    return probs
+
+
+def run_actions(a, argv, out: Path) -> list:
+    """Like vs dislike AUC of the model's action propensity on every held-out test event, for the
+    full model and its ablations (same budget each), against rate baselines."""
     from crbr.data.prepare import prepare_with_split
+    from crbr.eval.metrics import auc, grouped_auc
 
     a.dataset = "ml-1m-ratings"
-    cfg = generative_config(a, out, "generative_actions")
-    ds, split = prepare_with_split(cfg)
-    cfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
-    gen, gres = train(cfg, ds, split, out / "generative_actions")
+    base = generative_config(a, out, "generative_actions")
+    ds, split = prepare_with_split(base)
+    ids = semantic_ids(ds, out, "text", a.seed)
     names = list(ds.action_names)
     like, dislike = names.index("like"), names.index("dislike")
-    metrics: dict[str, float] = {}
-    for which in ("valid", "test"):
-        es = getattr(split, which)
-        users, items, actions = held_out_events(ds, es)
-        probs = np.zeros((len(items), len(names)))
-        for s in range(0, len(es), 256):
-            rows = np.arange(s, min(s + 256, len(es)))
-            b = history_batch(ds, es.users[rows], es.hist_len[rows], gen.max_len)
-            sel = np.isin(users, rows)
-            k = int(np.diff(es.target_offsets)[rows].max())
-            cand = np.zeros((len(rows), k), dtype=np.int64)
-            for j, r in enumerate(rows):
-                t = es.target_items[es.target_offsets[r] : es.target_offsets[r + 1]]
-                cand[j, : len(t)] = t
-            with torch.no_grad():
-                p = gen.action_propensity(b, torch.from_numpy(np.maximum(cand, 1))).numpy()
-            flat = np.concatenate([p[j, : np.diff(es.target_offsets)[r]] for j, r in enumerate(rows)])
-            probs[sel] = flat
-        lab = actions == like
-        keep = (actions == like) | (actions == dislike)
+    # baselines: item / user like rates over training events; a logistic model on both, fitted on
+    # the validation events
+    vu, vi, va = held_out_events(ds, split.valid)
+    v_keep = (va == like) | (va == dislike)
+    v_item, v_user = rate_baselines(ds, split, like, dislike, split.valid.users[vu], vi)
+    users, items, actions = held_out_events(ds, split.test)
+    lab, keep = actions == like, (actions == like) | (actions == dislike)
+    item_rate, user_rate = rate_baselines(ds, split, like, dislike, split.test.users[users], items)
+    lr = logistic(np.c_[v_item, v_user][v_keep], (va == like)[v_keep].astype(float), np.c_[item_rate, user_rate])
+    metrics: dict[str, float] = {
+        "held_out_events": float(len(items)), "like_dislike_events": float(keep.sum()),
+        "item_rate_auc": auc(item_rate[keep & lab], item_rate[keep & ~lab]),
+        "user_rate_auc": auc(user_rate[keep & lab], user_rate[keep & ~lab]),
+        "logistic_auc": auc(lr[keep & lab], lr[keep & ~lab]),
+        "logistic_auc_user_grouped": grouped_auc(users[keep], lr[keep], lab[keep]),
+    }
+    timings: dict[str, float] = {}
+    for variant in a.variants:
+        run = "generative_actions" if variant == "full" else f"generative_actions_{variant}"
+        cfg = generative_config(a, out, run, ACTION_VARIANTS[variant])
+        cfg.model["semantic_ids"] = ids
+        gen, gres = train(cfg, ds, split, out / run)
+        probs = propensities(gen, ds, split.test, users)
         score = probs[:, like] / np.maximum(probs[:, like] + probs[:, dislike], 1e-12)
-        item_rate, user_rate = rate_baselines(ds, split, like, dislike, es.users[users], items)
-        if which == "valid":
-            fit = (np.c_[item_rate, user_rate][keep], lab[keep])
-            continue
-        metrics["like_vs_dislike_auc"] = auc(score[keep & lab], score[keep & ~lab])
-        metrics["like_vs_dislike_auc_user_grouped"] = grouped_auc(users[keep], score[keep], lab[keep])
-        metrics["item_rate_auc"] = auc(item_rate[keep & lab], item_rate[keep & ~lab])
-        metrics["user_rate_auc"] = auc(user_rate[keep & lab], user_rate[keep & ~lab])
-        lr = logistic(fit[0], fit[1].astype(float), np.c_[item_rate, user_rate])
-        metrics["logistic_auc"] = auc(lr[keep & lab], lr[keep & ~lab])
-        metrics["logistic_auc_user_grouped"] = grouped_auc(users[keep], lr[keep], lab[keep])
+        pre = "" if variant == "full" else f"{variant}_"
+        metrics[f"{pre}like_vs_dislike_auc"] = auc(score[keep & lab], score[keep & ~lab])
+        metrics[f"{pre}like_vs_dislike_auc_user_grouped"] = grouped_auc(users[keep], score[keep], lab[keep])
         for ai, n in enumerate(names[1:], 1):
             y = actions == ai
-            metrics[f"auc_{n}"] = auc(probs[y, ai], probs[~y, ai])
-        metrics["held_out_events"] = float(len(items))
-    notes = (f"leave-5-out on ml-1m-ratings; every held-out event scored from the visible history; trained for at "
-             f"most {a.minutes} min; the logistic model is fitted on the validation events")
+            metrics[f"{pre}auc_{n}"] = auc(probs[y, ai], probs[~y, ai])
+        for key in ("Recall@10", "NDCG@10"):
+            if gres.get("test") and key in gres["test"]:
+                metrics[f"{pre}{key}"] = float(gres["test"][key])
+        timings.update({f"{pre}train_s": gres["train_seconds"], f"{pre}epochs": gres["epochs_run"]})
+    notes = (f"leave-5-out on ml-1m-ratings; every held-out test event scored from the visible history; each model "
+             f"trained for at most {a.minutes} min; variants {', '.join(a.variants)}; rates are smoothed training "
+             "like rates; the logistic model on both is fitted on the validation events; user-grouped AUC over "
+             "users with both classes")
     lines = [f"{k}: {v:.4f}" for k, v in metrics.items()]
     write_report(out, "generative_actions", "\n".join(lines))
-    return [record(a, argv, "ml-1m-ratings", "generative", "actions", metrics,
-                   {"train_s": gres["train_seconds"], "epochs": gres["epochs_run"]}, notes)]
+    return [record(a, argv, "ml-1m-ratings", "generative", "actions", metrics, timings, notes, config=base.to_dict())]
 
 
 # ---------------------------------------------------------------------------------- control
@@ -466,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides of the generative configs (retrieval, actions, dgi), e.g. model.n_layers=2")
+    ap.add_argument("--variants", nargs="+", default=list(ACTION_VARIANTS), choices=list(ACTION_VARIANTS),
+                    help="actions: the model and its ablations, each trained with the same cap")
     ap.add_argument("--anneal-steps", type=int, default=2000, help="dgi: Gumbel temperature annealing steps")
     add_output_args(ap, "generative")
     add_data_arg(ap)

@@ -2,7 +2,8 @@
 (`python -m benchmarks`) and the investigations under research/.
 
 - runs side by side: a run's validation curve over wall-clock time and the table of
-  `python -m benchmarks compare_runs` (`valid_curve`, `best_within`, `compare_runs_main`);
+  `python -m benchmarks compare_runs` (`valid_curve`, `best_within`, `compare_runs_main`); the
+  variance over training steps of a model's logged gradient norms (`grad_variance`);
 - CRBR: code usage over all users' beams, per-user hits, the path-mixture merge rule and greedy
   residual quantization (`code_usage`, `user_hits`, `recall_multi`, `mixture_scores`, `greedy_rq`);
 - item sides: how well P softmax queries over given item vectors fit a distribution
@@ -450,3 +451,19 @@ def heldout_events(world) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.n
     assert np.array_equal(target, es.target_items[es.target_offsets[:-1]]), "test targets do not match"
     o = world.interest_offsets
     return users, t, target, [world.interest_categories[o[u]:o[u + 1]] for u in users]
+
+
+def grad_variance(run_dir: "str | Path") -> dict[str, float]:
+    """Per gradient group, the mean over epochs of the variance over steps of its norm
+    (mean(n^2) - mean(n)^2 from metrics.csv), and of the coefficient of variation."""
+    rows = list(csv.DictReader((Path(run_dir) / "metrics.csv").read_text().splitlines()))
+    out: dict[str, float] = {}
+    for g in ("encoder", "codebooks", "decoder"):
+        m = np.array([float(r[f"grad_{g}_norm"]) for r in rows if r.get(f"grad_{g}_norm")])
+        sq = np.array([float(r[f"grad_{g}_norm_sq"]) for r in rows if r.get(f"grad_{g}_norm_sq")])
+        if len(m):
+            var = np.maximum(sq - m * m, 0)
+            out[f"grad_{g}_norm_mean"] = float(m.mean())
+            out[f"grad_{g}_norm_var"] = float(var.mean())
+            out[f"grad_{g}_norm_cv"] = float(np.mean(np.sqrt(var) / np.maximum(m, 1e-12)))
+    return out

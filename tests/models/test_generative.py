@@ -17,6 +17,7 @@ from crbr.data.batching import history_batch
 from crbr.data.dataset import leave_k_out, leave_one_out, train_item_counts
 from crbr.data.synthetic import SyntheticConfig, generate
 from crbr.eval import Evaluator
+from crbr.eval.metrics import auc
 from crbr.models import build_model, load_model
 from crbr.models.generative import NO_CONTROL, Trie
 from crbr.semantic_ids import RQKMeansConfig, build_semantic_ids
@@ -166,12 +167,6 @@ def test_the_checkpoint_carries_the_item_codes(world, tmp_path):
     assert torch.equal(back.rank(b, 10).items, m.rank(b, 10).items)
 
 
-def auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    s = np.r_[pos, neg]
-    r = np.argsort(np.argsort(s)) + 1
-    return float((r[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
 @pytest.mark.slow
 def test_it_learns_items_and_actions_on_the_synthetic_world(tmp_path):
     from crbr.config import ExperimentConfig, TrainConfig
@@ -219,3 +214,23 @@ def test_models_declare_the_options_their_rank_takes():
         for opt in cls.rank_options:
             assert opt in params or any(p.kind is p.VAR_KEYWORD for p in params.values()), (name, opt)
     assert "control" in MODELS["generative"][0].rank_options
+
+
+def test_without_action_input_the_history_actions_change_nothing(world):
+    """action_input=False (the ablation): the history's actions never reach the decoder, so
+    predictions are the same whatever they were; with it they matter."""
+    _, ds, ids = world
+    split = leave_one_out(ds)
+    users = np.arange(6)
+    b = history_batch(ds, users, split.test.hist_len[users], 8)
+    other = dict(b, actions=torch.where(b["items"] > 0, (b["actions"] % (ds.n_actions - 1)) + 1, b["actions"]))
+    assert not torch.equal(other["actions"], b["actions"])
+    cand = torch.arange(1, 11).expand(6, -1)
+    for action_input, same in ((False, True), (True, False)):
+        m = tiny_model(ds, ids, action_input=action_input)
+        with torch.no_grad():
+            m.action_emb.weight.normal_(0, 1.0)
+            m.action_emb.weight[0].zero_()
+        ll_a, act_a = m.candidate_scores(b, cand)
+        ll_b, act_b = m.candidate_scores(other, cand)
+        assert torch.equal(ll_a, ll_b) == same and torch.equal(act_a, act_b) == same

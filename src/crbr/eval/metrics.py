@@ -29,6 +29,8 @@ rank <= K. Reported values are means over evaluated users.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -161,3 +163,27 @@ def popularity_buckets(train_counts: np.ndarray, n_buckets: int) -> np.ndarray:
     for b, grp in enumerate(np.array_split(order, n_buckets)):
         bucket[grp] = b
     return bucket
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Area under the ROC curve of scores of positives against negatives: the share of
+    (positive, negative) pairs the positive wins, ties counting one half (average ranks); NaN
+    when either side is empty."""
+    pos, neg = np.asarray(pos, dtype=np.float64), np.asarray(neg, dtype=np.float64)
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    s = np.r_[pos, neg]
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s))
+    ranks[order] = np.arange(1, len(s) + 1)
+    _, inv, cnt = np.unique(s, return_inverse=True, return_counts=True)
+    ranks = (np.bincount(inv, weights=ranks) / cnt)[inv]  # tied scores share their average rank
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def grouped_auc(groups: np.ndarray, score: np.ndarray, label: np.ndarray) -> float:
+    """Mean of the per-group AUC over groups (e.g. users) that have both classes."""
+    groups, score, label = np.asarray(groups), np.asarray(score), np.asarray(label, dtype=bool)
+    vals = [auc(score[(groups == g) & label], score[(groups == g) & ~label]) for g in np.unique(groups)]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")

@@ -64,6 +64,7 @@ class GenerativeConfig:
     item_features: str = ""  # the features the IDs were built from: E_static of the contextual residual
     feature_dim: int = 0
     residual: bool = True  # the contextual residual embedding (needs item_features); False = the ablation
+    action_input: bool = True  # history events carry their action; False = the ablation (actions only as targets)
     profile_checkpoint: str = ""  # a frozen Q-Former; "" = no profile (a plain decoder)
     profile: QFormerConfig | dict | None = None  # its config (copied from profile_checkpoint by the registry)
     profile_len: int = 200  # events before the decoder's window the profile reads
@@ -266,7 +267,8 @@ class GenerativeRetriever(Recommender):
         if code_vectors is None:
             codes = self.item_codes[items]  # (B, N, L)
             code_vectors = torch.stack([emb(codes[..., l]) for l, emb in enumerate(self.code_embeddings)], 2)
-        act = self.action_emb(actions)
+        # without action input every event's [ACTION] slot holds the padding action (a zero vector)
+        act = self.action_emb(actions if self.config.action_input else torch.zeros_like(actions))
         act = act if e_final is None else act + e_final
         x = torch.cat([self.control_emb(controls)[:, :, None], code_vectors.to(act.dtype), act[:, :, None]], 2)
         x = x + self.slot_emb.weight[None, None]  # (B, N, S, D)
