@@ -78,3 +78,32 @@ def test_parameter_names_are_stable():
     assert list(SetBlock(4, 1, 8, 0.0).state_dict()) == [f"mab.{k}" for k in mab]
     assert list(SetBlock(4, 1, 8, 0.0, 2).state_dict()) == (["inducing"] + [f"mab.{k}" for k in mab]
                                                            + [f"mab_ind.{k}" for k in mab])
+
+
+def test_decoder_extend_one_token_at_a_time_equals_all_at_once():
+    """A continuation extended token by token with its returned keys / values gives the states of
+    running all its tokens in one call, and both equal a plain causal pass over past + new."""
+    from crbr.nn.decoder import DecoderBlock
+
+    torch.manual_seed(0)
+    blk = DecoderBlock(16, 2, 32, 0.0).eval()
+    B, T, G, j = 2, 5, 3, 4
+    past_x = torch.randn(B, T, 16)
+    new_x = torch.randn(B, G, j, 16)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None].expand(B, 1, T, T)
+    cache: list = []
+    with torch.no_grad():
+        blk(past_x, mask, cache)
+        keys = torch.ones(B, T, dtype=torch.bool)
+        whole, (k_all, v_all) = blk.extend(new_x, cache[0], keys)
+        own, steps = None, []
+        for t in range(j):
+            h, own = blk.extend(new_x[:, :, t : t + 1], cache[0], keys, own)
+            steps.append(h)
+        torch.testing.assert_close(torch.cat(steps, 2), whole, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(own[0], k_all) and torch.testing.assert_close(own[1], v_all)
+        for g in range(G):  # the reference: one causal pass over the past and continuation g
+            seq = torch.cat([past_x, new_x[:, g]], 1)
+            n = T + j
+            ref = blk(seq, torch.ones(n, n, dtype=torch.bool).tril()[None, None].expand(B, 1, n, n))
+            torch.testing.assert_close(whole[:, g], ref[:, T:], rtol=1e-5, atol=1e-5)

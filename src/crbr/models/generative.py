@@ -360,14 +360,20 @@ class GenerativeRetriever(Recommender):
         keys, _ = cache.pop()
         return Context(cache, keys, h[:, -1], user)
 
-    def extend(self, ctx: Context, codes: torch.Tensor) -> torch.Tensor:
-        """States (B, G, j, D) of the new event's first j code tokens codes (B, G, j): G
-        continuations (beams, candidates) of each user's history."""
-        x = torch.stack([self.code_embeddings[l](codes[..., l]) for l in range(codes.shape[-1])], -2)
-        x = x + self.slot_emb.weight[1 : codes.shape[-1] + 1] + self.event_pos.weight[self.config.window]
-        for blk, past in zip(self.blocks, ctx.cache):
-            x = blk.extend(x, past, ctx.key_mask)
-        return self.final_ln(x)
+    def extend(self, ctx: Context, codes: torch.Tensor, start: int = 0, own: list | None = None
+               ) -> tuple[torch.Tensor, list]:
+        """States (B, G, j, D) of the new event's code tokens codes (B, G, j) of levels start ..
+        start + j - 1: G continuations (beams, candidates) of each user's history, after the
+        per-layer keys / values `own` of their levels before `start` (None when start = 0).
+        Returns the states and the per-layer keys / values of levels up to start + j - 1."""
+        j = codes.shape[-1]
+        x = torch.stack([self.code_embeddings[start + l](codes[..., l]) for l in range(j)], -2)
+        x = x + self.slot_emb.weight[1 + start : 1 + start + j] + self.event_pos.weight[self.config.window]
+        kv = []
+        for i, (blk, past) in enumerate(zip(self.blocks, ctx.cache)):
+            x, layer_kv = blk.extend(x, past, ctx.key_mask, None if own is None else own[i])
+            kv.append(layer_kv)
+        return self.final_ln(x), kv
 
     def control_id(self, control: "str | int | None") -> int:
         """None -> no control; "explore" / "repeat"; "cat:<id>" or an int category id."""
@@ -422,12 +428,13 @@ class GenerativeRetriever(Recommender):
         nodes = ctx.last.new_zeros(n, 1, dtype=torch.long)  # the root
         scores = ctx.last.new_zeros(n, 1)
         gen = nodes.new_zeros(n, 1, 0)
+        own = None  # per layer, the beams' keys / values of their codes so far
         for j, head in enumerate(self.code_heads):
-            b = nodes.shape[1]
             if j == 0:
                 h = ctx.last[:, None]  # (n, 1, D)
             else:
-                h = self.extend(ctx, gen)[:, :, -1]  # (n, b, D)
+                h, own = self.extend(ctx, gen[..., -1:], j - 1, own)  # only the newest code runs
+                h = h[:, :, -1]  # (n, b, D)
             logp = F.log_softmax(head(h).float(), -1)  # (n, b, K)
             child = trie.child(j, nodes)  # (n, b, K)
             ok = child >= 0
@@ -438,6 +445,9 @@ class GenerativeRetriever(Recommender):
             parent, code = top.indices // logp.shape[-1], top.indices % logp.shape[-1]
             scores, nodes = top.values, child.reshape(n, -1).gather(1, top.indices)
             gen = torch.cat([gen.gather(1, parent[..., None].expand(-1, -1, j)), code[..., None]], 2)
+            if own is not None:  # each kept beam takes its parent's cache
+                idx = parent[:, :, None, None, None]
+                own = [tuple(t.gather(1, idx.expand(-1, -1, *t.shape[2:])) for t in kv) for kv in own]
         return torch.where(torch.isneginf(scores), torch.zeros_like(nodes), nodes), scores
 
     # ------------------------------------------------------------------ teacher forcing
@@ -449,7 +459,7 @@ class GenerativeRetriever(Recommender):
         ctx = self.context(batch, self.control_id(control))
         B, C = candidates.shape
         codes3 = self.item_codes[candidates]  # (B, C, levels)
-        h = self.extend(ctx, codes3).reshape(B * C, codes3.shape[-1], -1)  # token l predicts level l + 1
+        h = self.extend(ctx, codes3)[0].reshape(B * C, codes3.shape[-1], -1)  # token l predicts level l + 1
         codes = codes3.reshape(B * C, -1)
         last = ctx.last[:, None].expand(B, C, -1).reshape(B * C, 1, -1)
         states = torch.cat([last, h[:, :-1]], 1)  # the state predicting each level

@@ -3,7 +3,9 @@
 `forward(x, mask)` runs a (B, T) sequence and can keep each layer's keys and values; `extend`
 then runs new tokens for N continuations (e.g. beams, or candidate items) of those sequences,
 each attending to its own sequence's cached keys / values and causally to its new tokens, without
-recomputing or copying the context per continuation more than one chunk at a time.
+recomputing or copying the context per continuation more than one chunk at a time. A
+continuation's own keys / values come back too, so the next token (the next beam-search level)
+runs alone.
 """
 
 from __future__ import annotations
@@ -48,24 +50,32 @@ class DecoderBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         return self._finish(x, a)
 
-    def extend(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor], past_mask: torch.Tensor) -> torch.Tensor:
+    def extend(self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor], past_mask: torch.Tensor,
+               own: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """New tokens x (B, G, j, D): G continuations of each of the B cached sequences (past keys
-        and values (B, H, T, dh), attendable keys past_mask (B, T)); each continuation sees its
-        sequence's past and, causally, its own new tokens. Returns (B, G, j, D). The past is read
-        once per sequence, never copied per continuation."""
+        and values (B, H, T, dh), attendable keys past_mask (B, T)), each continuation after its
+        own earlier new tokens, whose keys / values `own` ((B, G, H, j0, dh) each, or None) an
+        earlier call returned. Each new token sees its sequence's past, its continuation's earlier
+        tokens and, causally, the new ones. Returns (B, G, j, D) and the continuation's keys /
+        values (B, G, H, j0 + j, dh), to pass as `own` with the next tokens. The past is read once
+        per sequence, never copied per continuation."""
         B, G, j, D = x.shape
         q, k, v = self._qkv(x.reshape(B * G, j, D))  # (B*G, H, j, dh)
         H, dh = q.shape[1], q.shape[3]
         q, k, v = (t.view(B, G, H, j, dh) for t in (q, k, v))
+        if own is not None:
+            k, v = torch.cat([own[0], k], 3), torch.cat([own[1], v], 3)  # (B, G, H, j0 + j, dh)
+        j0 = k.shape[3] - j
         pk, pv = past
         scale = dh ** -0.5
         s_past = torch.einsum("bghjd,bhtd->bghjt", q, pk) * scale  # (B, G, H, j, T)
         s_past = s_past.masked_fill(~past_mask[:, None, None, None, :], float("-inf"))
-        s_new = torch.einsum("bghjd,bghkd->bghjk", q, k) * scale  # (B, G, H, j, j)
-        causal = torch.ones(j, j, dtype=torch.bool, device=x.device).tril()
+        s_new = torch.einsum("bghjd,bghkd->bghjk", q, k) * scale  # (B, G, H, j, j0 + j)
+        causal = torch.ones(j, j0 + j, dtype=torch.bool, device=x.device).tril(j0)
         s_new = s_new.masked_fill(~causal, float("-inf"))
         p = torch.softmax(torch.cat([s_past, s_new], -1), -1)
         T = pk.shape[2]
         a = torch.einsum("bghjt,bhtd->bghjd", p[..., :T], pv) + torch.einsum("bghjk,bghkd->bghjd", p[..., T:], v)
         out = self._finish(x.reshape(B * G, j, D), a.reshape(B * G, H, j, dh))
-        return out.view(B, G, j, D)
+        return out.view(B, G, j, D), (k, v)
