@@ -1,4 +1,5 @@
-"""Federated training on Flower (DESIGN.md §6, seed 004 "Combined with Partial Aggregation").
+"""Federated training on Flower (docs/federated.md; partial aggregation as the residual-enhancement
+mixture describes it, "Combined with Partial Aggregation").
 
 Clients are disjoint partitions of the users (`partition_users`); the server runs Flower's
 message-API FedAvg (`flwr.serverapp.strategy.FedAvg`) extended with a partial-aggregation warm-up

@@ -1,5 +1,5 @@
-"""`PartialFedAvg`: Flower's FedAvg with a partial-aggregation warm-up (seed 004, "Combined
-with Partial Aggregation").
+"""`PartialFedAvg`: Flower's FedAvg with a partial-aggregation warm-up (the residual-enhancement
+mixture's "Combined with Partial Aggregation").
 
 Rounds 1..R (R = warmup_rounds): clients send back only the parameters of the warm-up groups
 (default: the backbone); the server averages those (FedAvg, weighted by num-examples) and keeps

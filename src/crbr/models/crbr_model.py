@@ -1,4 +1,5 @@
-"""Retrieval B: CRBR, Conditional Residual Beam Retrieval (seed 000; seed 002 §3.3).
+"""CRBR, Conditional Residual Beam Retrieval (docs/design.md: system design §3.3 and the CRBR
+routing-block specification).
 
 A stack of L routing blocks turns one user context Q into B query vectors, one per beam path.
 Block l owns a codebook C(l) (M_l x D residual prototypes, shared by all paths and users) and a
@@ -8,36 +9,38 @@ routing MLP f(l) (Linear -> ReLU -> Linear):
     z = h . C(l)^T                  affinity to every code                          (.., M_l)
 
 Training (one soft path per example): Gumbel-softmax pi = softmax((z + g) / tau), soft residual
-r = pi . C(l), v <- v + r; q~ = v(L) / ||v(L)||. Loss (seed 000 §5):
+r = pi . C(l), v <- v + r; q~ = v(L) / ||v(L)||. Loss (as the specification states it):
 
     L = L_NCE + alpha L_Align + beta L_Balance
     L_NCE      InfoNCE of q~ against the positive item (in-batch + uniform negatives, logQ-corrected)
     L_Align    ||v(l) - i+||^2, averaged over the layers l = 1..L (or only l = L: align="last")
     L_Balance  sum_l sum_j pibar_j log pibar_j, pibar = the batch-averaged pi of layer l
 
-Inference (beam search, seed 000 §3.3 mode B): Score = S + log softmax(z) over all B x M_l
+Inference (the specification's beam-search mode): Score = S + log softmax(z) over all B x M_l
 candidates, top-B kept, hard residual c_j*, path score kept; q = v(L) / ||v(L)||; one ANN
 search per path through the common index interface, then merge & sort (union, duplicates
 removed keeping the best score, optional per-path quota); every item keeps the path that found
 it. Everything is batched over users and beams (no Python loop over either).
 
-`start="context"` (an option beyond the seed, whose v(0) = 0): every path starts at Retrieval A's
-own query, v(0) = Q, so the codes are residual corrections of that query rather than its
-replacement. A path's query is then no longer confined to the lattice of code sums (the seed's
-q = v(L) / ||v(L)|| is: its best path has cosine ~0.73-0.78 with Q on the synthetic world), and
-with the codebooks at zero every path is exactly Retrieval A's query.
+`start="context"` (an option beyond the specification, whose v(0) = 0): every path starts at the
+Set-Transformer retriever's own query, v(0) = Q, so the codes are residual corrections of that
+query rather than its replacement. A path's query is then no longer confined to the lattice of
+code sums (the specification's q = v(L) / ||v(L)|| is, so even its best path can stay well away
+from Q), and with the codebooks at zero every path is exactly the retriever's query.
 
-`route_on="tokens"` (also beyond the seed): each routing block also reads the token set H that
-Retrieval A's pooling reads (its set blocks' outputs, (U, M, D_h)): the path's own [Q; v] asks a
-query of it, a = softmax(H W_k (W_q [Q; v]) / sqrt(D_h)) H, and the routing MLP reads concat(Q, v, a).
-Paths in different states can then read different tokens (interests) instead of one pooled Q.
+`route_on="tokens"` (also beyond the specification): each routing block also reads the token set
+H that the Set-Transformer retriever's pooling reads (its set blocks' outputs, (U, M, D_h)): the
+path's own [Q; v] asks a query of it, a = softmax(H W_k (W_q [Q; v]) / sqrt(D_h)) H, and the
+routing MLP reads concat(Q, v, a). Paths in different states can then read different tokens
+(interests) instead of one pooled Q.
 
-Q and the item vectors come from a trained Retrieval A checkpoint (`base_checkpoint`): Q is its
-pooled Q-Former user vector and the items are its item tower's vectors. The item vectors always
+Q and the item vectors come from a trained Set-Transformer retriever checkpoint
+(`base_checkpoint`): Q is its pooled Q-Former user vector and the items are its item tower's
+vectors. The item vectors always
 stay frozen (the ANN index is built once). Q is frozen too by default (`train_context="frozen"`);
-`train_context="pool"` fine-tunes Retrieval A's pooling head (adapter, set blocks, PMA, output
+`train_context="pool"` fine-tunes the retriever's pooling head (adapter, set blocks, PMA, output
 projection) with CRBR's loss, so the one context vector can learn to carry what the routing needs
-(e.g. several interests) instead of Retrieval A's single-query summary; the Q-Former tokens under
+(e.g. several interests) instead of the retriever's single-query summary; the Q-Former tokens under
 it stay frozen.
 """
 
@@ -61,19 +64,19 @@ from .set_transformer import SetTransformerConfig, SetTransformerRetriever
 
 @dataclass
 class CRBRConfig:
-    """n_items is derived by `build_model`; `base` is copied from the Retrieval A checkpoint."""
+    """n_items is derived by `build_model`; `base` is copied from the Set-Transformer retriever checkpoint."""
 
     n_items: int = 0
     n_actions: int = 0
-    base_checkpoint: str = ""  # Retrieval A (two_tower) .safetensors: user context Q and item vectors
+    base_checkpoint: str = ""  # Set-Transformer retriever .safetensors: user context Q and item vectors
     base: SetTransformerConfig | dict | None = None  # its config (copied from base_checkpoint by the registry)
     codebook_sizes: list[int] = field(default_factory=lambda: [64, 64, 64])  # M_l per layer; L = len
     router_hidden: int = 128
     # inference policy: the defaults of beam / branching / merge_quota / merge_score, each of which can
     # also be given at call time (`score(batch, beam=8)`, `rank(...)`, crbr.retrieval.path_retrieve)
     beam: int = 4  # B at inference
-    branching: str = "global"  # "global": top-B over all B x M_l candidates at every layer (seed 000 §3.3 text);
-    # "first": B distinct layer-1 codes, then each path refined by its own best code (the seed's diagram)
+    branching: str = "global"  # "global": top-B over all B x M_l candidates at every layer (the specification's text);
+    # "first": B distinct layer-1 codes, then each path refined by its own best code (the specification's diagram)
     tau_start: float = 1.0  # Gumbel temperature, annealed tau = max(tau_min, tau_start * exp(-tau_decay * step))
     tau_min: float = 0.3
     tau_decay: float = 1e-4
@@ -82,7 +85,7 @@ class CRBRConfig:
     path_sampling: str = "gumbel"  # P > 1: "gumbel" = P independent Gumbel-softmax paths; "beam" = Gumbel-perturbed beam of P hard paths
     train_future: int = 1  # positives per training cut: the next k events (k > 1: multi-target mixture, see `loss`)
     merge_quota: int = 0  # at most this many items per path at the top of the merged ranking (0 = plain max over paths)
-    # what merge & sort ranks by: "similarity" = q_b . i (the seed); "path" = q_b . i + tau_nce * log w_b,
+    # what merge & sort ranks by: "similarity" = q_b . i (the specification); "path" = q_b . i + tau_nce * log w_b,
     # w = softmax over the beam of the path scores S_b, i.e. log w_b + q_b . i / tau_nce in similarity units:
     # a low-probability path's items no longer crowd out the best path's, so a wider beam cannot lower recall
     merge_score: str = "similarity"
@@ -93,12 +96,15 @@ class CRBRConfig:
     n_negatives: int = 512
     logq_correction: bool = True
     cut: str = "random"
-    train_context: str = "frozen"  # "frozen": Q as Retrieval A computes it; "pool": fine-tune its pooling head with CRBR's loss
-    # where every path starts: "zero" = v(0) = 0 (the seed: q is a sum of codes); "context" = v(0) = Q, the codes
-    # are residual corrections of Retrieval A's query (layer 1 starts at half item vectors, deeper layers near zero)
+    # "frozen": Q as the Set-Transformer retriever computes it; "pool": fine-tune its pooling head with CRBR's loss
+    train_context: str = "frozen"
+    # where every path starts: "zero" = v(0) = 0 (the specification: q is a sum of codes); "context" = v(0) = Q,
+    # the codes are residual corrections of the Set-Transformer retriever's query (layer 1 starts at half item
+    # vectors, deeper layers near zero)
     start: str = "zero"
-    # what the routing MLPs read: "pooled" = concat(Q, v) (the seed); "tokens" = concat(Q, v, a), a = the
-    # path's attention read of the token set Retrieval A pools (different paths can read different interests)
+    # what the routing MLPs read: "pooled" = concat(Q, v) (the specification); "tokens" = concat(Q, v, a), a = the
+    # path's attention read of the token set the Set-Transformer retriever pools (different paths can read
+    # different interests)
     route_on: str = "pooled"
 
     def __post_init__(self) -> None:
@@ -257,7 +263,7 @@ class CRBR(Recommender):
             return self.base.item_vectors()
 
     def context_head_parameters(self) -> list[nn.Parameter]:
-        """Retrieval A's pooling head: adapter, set blocks, PMA, output projection (what
+        """The Set-Transformer retriever's pooling head: adapter, set blocks, PMA, output projection (what
         `train_context="pool"` fine-tunes); not the Q-Former tower, not the item tower."""
         head = ("adapter_in.", "set_blocks.", "pma_seed", "pma_ffn.", "pma.", "user_out.")
         return [p for n, p in self.base.named_parameters() if n.startswith(head)]
@@ -268,7 +274,7 @@ class CRBR(Recommender):
 
     def routing_inputs(self, batch: dict[str, torch.Tensor],
                        visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Q (U, D) and, with route_on="tokens", the token set H (U, M, D_h) Retrieval A pools Q from."""
+        """Q (U, D) and, with route_on="tokens", the token set H (U, M, D_h) the retriever pools Q from."""
         with torch.no_grad():
             tokens = self.base.tokens(batch, visible)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.train_context == "pool"):
@@ -276,7 +282,7 @@ class CRBR(Recommender):
             return self.base.pool(tokens, memory), (memory if self.config.route_on == "tokens" else None)
 
     def start_vector(self, ctx: torch.Tensor) -> torch.Tensor:
-        """(U, D) v(0): zeros (the seed) or the context Q itself (`start="context"`)."""
+        """(U, D) v(0): zeros (the specification) or the context Q itself (`start="context"`)."""
         return ctx if self.config.start == "context" else torch.zeros_like(ctx)
 
     def tau(self) -> float:
@@ -339,7 +345,7 @@ class CRBR(Recommender):
         Each (user, positive) pair j contributes -log sum_p w_p p(j | path p), the mixture
         likelihood of the positive, with p(j | path p) the logQ-corrected softmax over in-batch +
         sampled candidates in which the user's other positives are left out. P = 1, k = 1 is the
-        seed's plain InfoNCE. With k > 1 one set of paths must explain positives from several
+        specification's plain InfoNCE. With k > 1 one set of paths must explain positives from several
         interests, which rewards paths that cover different ones; each path is credited by its
         posterior responsibility for the pair, in L_NCE's gradient and as the weight of
         ||v(l) - i+||^2 in L_Align.

@@ -1,4 +1,4 @@
-"""Q-Former user tower for long histories (seed 002 §3.1; BLIP-2, Li et al. 2023).
+"""Q-Former user tower for long histories (docs/design.md, system design §3.1; BLIP-2, Li et al. 2023).
 
 M learnable query tokens read a user's history through cross-attention; history items never
 attend to each other, so one block costs O(N·M·D + N·D²) instead of self-attention's O(N²·D).
@@ -13,7 +13,7 @@ History input per event = projected frozen item feature (+ optional learnable ID
 (+ a log-bucketed "time since" embedding when the dataset has timestamps). A learned null key
 is always visible, so an empty history is well defined. The output is the M user tokens.
 
-Pre-training (seed 002 §3.1.2), a weighted sum of two tasks, either of which can be switched off:
+Pre-training (system design §3.1.2), a weighted sum of two tasks, either of which can be switched off:
 
   Task A (ITC): InfoNCE between the user tokens and the next item, similarity = max over tokens
       of token . item (BLIP-2's ITC), candidates = in-batch positives + uniformly sampled

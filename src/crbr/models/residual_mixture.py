@@ -1,5 +1,5 @@
-"""Residual-enhancement mixture: a SASRec backbone plus two feature experts (seed 004,
-DESIGN.md §3 "Residual-enhancement mixture").
+"""Residual-enhancement mixture: a SASRec backbone plus two feature experts (docs/design.md,
+"Residual-enhancement mixture").
 
     final(u, i) = LN(seq_u) + g * (w_vis(i) * LN(vis_u) + w_sem(i) * LN(sem_u))      (mixture="residual")
     final(u, i) = w_seq(i) * seq_u + w_vis(i) * vis_u + w_sem(i) * sem_u             (mixture="competitive")
@@ -9,14 +9,14 @@ seq_u   (B, D)  the SASRec hidden state at the newest history position (the back
 vis_u   (B, D)  the visual expert: a light causal attention encoder over the history's per-item
                 vectors of the `vis_features` spec (crbr.features grammar)
 sem_u   (B, D)  the semantic expert: the same over the `sem_features` spec
-g               a learnable scalar, initialised to `gating_init` (seed default 0.1)
-w(i)            the item-centric router (seed 004 §1 "ItemCentricRouter"): an MLP over the
+g               a learnable scalar, initialised to `gating_init` (default 0.1)
+w(i)            the item-centric router (the mixture's "ItemCentricRouter"): an MLP over the
                 *candidate item's* ID embedding e_i (stop-gradient by default), softmax over the
                 2 experts (residual) or over the 3 sources seq / vis / sem (competitive, the design
-                the seed replaces; kept for the ablation)
+                the residual mixture replaces; kept for the ablation)
 e_i     (D,)    the backbone's item ID embedding (the output table, as in SASRec)
 
-Load balance (seed 004 §4): usage = mean router weights over the training targets of a batch;
+Load balance: usage = mean router weights over the training targets of a batch;
 L_bal = K * sum_k (usage_k - 1/K)^2, 0 exactly at uniform usage (K = 2 residual, 3 competitive);
 loss = CE + balance_weight * L_bal.
 
@@ -68,7 +68,7 @@ class ResidualMixtureConfig(SASRecConfig):
     them by build_model.
     """
 
-    mixture: str = "residual"  # "residual" (seed 004) | "competitive" (3-way router, the ablation)
+    mixture: str = "residual"  # "residual" (residual enhancement) | "competitive" (3-way router, the ablation)
     vis_features: str = "categories"
     sem_features: str = "text"
     vis_dim: int = 0  # derived: width of the vis_features matrix
@@ -79,13 +79,13 @@ class ResidualMixtureConfig(SASRecConfig):
     gating_init: float = 0.1  # initial g (residual only)
     learn_gate: bool = True  # False keeps g fixed at gating_init
     # the learned gate's learning rate = train.lr x gate_lr_scale. Adam moves a scalar by about its
-    # rate per step whatever the gradient's size, so at the shared rate g can travel ~lr per step
-    # (0.3-0.5 over an ML-100K run from 0.1); a smaller scale is the Adam form of seed 004's
-    # "gradient clipping for gating_weight": g still learns, but slowly
+    # rate per step whatever the gradient's size, so at the shared rate g can travel ~lr per step,
+    # far from gating_init over one run; a smaller scale is the Adam form of the residual-enhancement
+    # mixture's "gradient clipping for gating_weight": g still learns, but slowly
     gate_lr_scale: float = 1.0
     router_hidden: int = 64
     router_stop_grad: bool = True  # the router reads e_i without sending gradients into it
-    # two ways to keep the experts from reshaping the backbone (measured ablations; off = the seed's model):
+    # two ways to keep the experts from reshaping the backbone (ablations; off = the mixture as specified):
     # branch_stop_grad: the expert terms score with stopgrad(e_i), so only the backbone's own term
     #   trains the item table (the experts still move the backbone through the shared softmax)
     # freeze_backbone: the backbone (SASRec, started from `backbone_checkpoint`) is not trained at all
@@ -179,7 +179,7 @@ class ItemCentricRouter(nn.Module):
 
 def fuse_residual(seq_n: torch.Tensor, vis_n: torch.Tensor, sem_n: torch.Tensor, w: torch.Tensor,
                   g: torch.Tensor) -> torch.Tensor:
-    """Reference form of the seed's fusion for explicit (user, item) pairs:
+    """Reference form of the residual-enhancement fusion for explicit (user, item) pairs:
     seq_n + g * (w[..., 0:1] * vis_n + w[..., 1:2] * sem_n); inputs already LayerNorm-ed, (..., D)."""
     return seq_n + g * (w[..., 0:1] * vis_n + w[..., 1:2] * sem_n)
 
@@ -197,7 +197,7 @@ def balance_loss(usage: torch.Tensor) -> torch.Tensor:
 
 class ResidualMixture(Recommender):
     """SASRec backbone + visual and semantic feature experts fused by residual enhancement
-    (seed 004) or, as the ablation, by the competitive 3-way mixture it replaces."""
+    or, as the ablation, by the competitive 3-way mixture it replaces."""
 
     model_name = "residual_mixture"
     config_class = ResidualMixtureConfig

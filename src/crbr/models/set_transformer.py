@@ -1,9 +1,10 @@
-"""Retrieval A: a Set-Transformer two-tower over the (frozen) Q-Former user tokens (seed 002 §3.2).
+"""The Set-Transformer retriever: a two-tower model over the (frozen) Q-Former user tokens
+(docs/design.md, system design §3.2).
 
 User side: the pre-trained Q-Former's M output tokens (B, M, Dq) -> linear map to D -> Set
 Transformer blocks (SAB, or ISAB with inducing points for large M; Lee et al., ICML 2019) ->
 attention pooling (PMA with one learnable seed) -> u, L2-normalized. `pooling="mean"` replaces
-SAB + PMA by the mean of the mapped tokens: the ablation for the seed's premise that a learned
+SAB + PMA by the mean of the mapped tokens: the ablation for the design's premise that a learned
 aggregator beats averaging specialized tokens.
 
 Item side: a trainable tower over the frozen item features (+ optional ID and category
