@@ -9,8 +9,16 @@ def test_quickstart_runs_every_stage_and_prints_beams(tmp_path, capsys):
             "data.synthetic.max_history=100", "train.threads=1", "train.progress=false"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    for label in ("popularity", "SASRec", "Q-Former (max-sim)", "Retrieval A (SAB+PMA)", "Retrieval B (CRBR)"):
+    for label in ("popularity", "SASRec", "Q-Former (max-sim)", "Set-Transformer (SAB+PMA)", "CRBR"):
         assert label in out
+    assert "Retrieval A" not in out and "Retrieval B" not in out
+    assert "== stage two_tower: Set-Transformer (SAB+PMA)" in out and "== stage crbr: CRBR" in out
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("model "))
+    table = lines[start : start + 7]  # header, rule, popularity + 4 stages
+    assert table[1].startswith("---") and len({len(ln) for ln in table}) == 1  # columns aligned
+    assert [ln.split("  ")[0] for ln in table[2:]] == ["popularity", "SASRec", "Q-Former (max-sim)",
+                                                       "Set-Transformer (SAB+PMA)", "CRBR"]
     assert "protocol: full ranking over 200 items" in out
     assert "HNSW index over 200 item vectors" in out and out.count("  beam 4 codes") >= 1
     for stage in ("sasrec", "qformer", "two_tower", "crbr"):

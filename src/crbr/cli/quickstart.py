@@ -2,11 +2,11 @@
 
 Generates the world (deterministic by seed, no network), exports its ground truth, then runs the
 whole pipeline with the generic trainer (early stopping on validation NDCG@10): SASRec, Q-Former
-pre-training (Task A + B), Retrieval A over the frozen Q-Former, and CRBR over Retrieval A. It
-prints the test metrics of every stage beside a popularity baseline (with the protocol and the
-interest coverage against the world's true interests), builds an HNSW index, and shows for a few
-multi-interest users their beams with the items each beam retrieved next to their true interests.
-It ends with what to try next.
+pre-training (Task A + B), the Set-Transformer retriever over the frozen Q-Former, and CRBR over
+that retriever. It prints the test metrics of every stage beside a popularity baseline (with the
+protocol and the interest coverage against the world's true interests), builds an HNSW index, and
+shows for a few multi-interest users their beams with the items each beam retrieved next to their
+true interests. It ends with what to try next.
 
 Progress bars are drawn only when stderr is a terminal (unless `train.progress` is set), so a
 redirected log holds the epoch lines and nothing else.
@@ -28,17 +28,17 @@ log = logging.getLogger("crbr.quickstart")
 
 
 # The pipeline after SASRec: (stage, label, model settings, train settings); checkpoints chain
-# (Q-Former -> Retrieval A -> CRBR) through each stage's best.safetensors.
+# (Q-Former -> Set-Transformer retriever -> CRBR) through each stage's best.safetensors.
 PIPELINE = [
     ("sasrec", "SASRec", {}, {}),
     ("qformer", "Q-Former (max-sim)",
      {"name": "qformer", "max_len": 100, "hidden": 64, "n_queries": 8, "n_layers": 2, "n_heads": 2, "dropout": 0.1,
       "n_negatives": 256, "max_masked": 16},
      {"epochs": 12, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 3}),
-    ("two_tower", "Retrieval A (SAB+PMA)",
+    ("two_tower", "Set-Transformer (SAB+PMA)",
      {"name": "set_transformer", "tower_checkpoint": "", "hidden": 64, "out_dim": 64, "n_negatives": 256, "dropout": 0.1},
      {"epochs": 6, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 2}),
-    ("crbr", "Retrieval B (CRBR)",
+    ("crbr", "CRBR",
      {"name": "crbr", "base_checkpoint": "", "codebook_sizes": [16, 16], "beam": 4, "n_negatives": 256,
       "tau_decay": 1e-3},
      {"epochs": 6, "lr": 3e-3, "windows": "all", "window_stride": 25, "length_bucketing": True, "patience": 2}),
@@ -73,15 +73,16 @@ def interest_cov(res, interests, ds, multi) -> tuple[float, float]:
 def metrics_table(rows: list[tuple[str, object]], keys: list[str], interests=None, ds=None, multi=None,
                   tail: bool = True) -> str:
     """One row per model: metrics, tail-bucket HR@10 (with `tail`) and (with ground truth)
-    interest coverage@50."""
+    interest coverage@50. The model column is at least 24 wide and 2 wider than the longest label."""
     cov_keys = ["cov@50", "cov@50 >=3"] if interests is not None else []
-    head = f"{'model':<24}" + "".join(f"{k:>11}" for k in keys + (["tail HR@10"] if tail else []) + cov_keys)
+    width = max([24] + [len(name) + 2 for name, _ in rows])
+    head = f"{'model':<{width}}" + "".join(f"{k:>11}" for k in keys + (["tail HR@10"] if tail else []) + cov_keys)
     lines = [head, "-" * len(head)]
     for name, res in rows:
         vals = [res.metrics[k] for k in keys] + ([res.bucket_hr10[-1]] if tail else [])
         if interests is not None:
             vals += list(interest_cov(res, interests, ds, multi))
-        lines.append(f"{name:<24}" + "".join(f"{v:>11.4f}" for v in vals))
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>11.4f}" for v in vals))
     return "\n".join(lines)
 
 
@@ -120,7 +121,7 @@ def tail_note(world, split, counts: np.ndarray, bucket_of: np.ndarray, n_buckets
 
 def quickstart_pipeline(cfg, epochs: int | None = None):
     """The quickstart's chain as a Pipeline: the SASRec stage from the user's config, then
-    Q-Former -> Retrieval A -> CRBR, each reading the previous stage's best checkpoint."""
+    Q-Former -> Set-Transformer retriever -> CRBR, each reading the previous stage's best checkpoint."""
     from ..pipeline import Pipeline, Stage
 
     base = cfg.to_dict()
