@@ -4,7 +4,7 @@ Steps of `build_dataset`, in order (every count lands in `ds.info`):
 
 1. Actions. Events without an explicit action get one from their rating (`RatingThresholds`:
    >= like -> "like", <= dislike -> "dislike", else "neutral"; dislikes are kept as input,
-   DESIGN.md §3). The vocabulary is `action_vocabulary(present, cfg.actions)`; names outside a
+   docs/design.md, "Events and negative feedback"). The vocabulary is `action_vocabulary(present, cfg.actions)`; names outside a
    configured vocabulary raise (naming the events file and line) or are dropped and counted
    (`on_unknown_action`).
 2. Order. Each user's events are sorted by timestamp; equal timestamps keep file order (the

@@ -1,4 +1,4 @@
-"""The raw-event schema every loader produces and `build_dataset` consumes (DESIGN.md §3 "Events").
+"""The raw-event schema every loader produces and `build_dataset` consumes (docs/design.md, "Events and negative feedback").
 
 One event = `(user, item, timestamp, action)`; items may carry metadata (categories, text).
 
@@ -22,8 +22,8 @@ One event = `(user, item, timestamp, action)`; items may carry metadata (categor
     text        Utf8        free text for text encoders (title + genres, ...), nullable
 
 Actions. Sources without actions map every event to "interact"; rated sources (MovieLens) map
-ratings to "like" (>= like), "dislike" (<= dislike) or "neutral" — negative feedback is kept
-(seed 002 §1.3); sources with explicit actions (Taobao `pv/cart/fav/buy`, a CSV action column)
+ratings to "like" (>= like), "dislike" (<= dislike) or "neutral" — negative feedback is kept;
+sources with explicit actions (Taobao `pv/cart/fav/buy`, a CSV action column)
 keep their names. The processed dataset's `action_names` is `["<pad>"] + vocabulary`, see
 `action_vocabulary`.
 """
@@ -61,7 +61,7 @@ ITEM_SCHEMA: dict[str, pl.DataType] = {
 class RatingThresholds:
     """Rating -> action: rating >= `like` is "like", rating <= `dislike` is "dislike", else "neutral".
 
-    The defaults are the MovieLens convention of DESIGN.md §3 (>= 4 like, <= 2 dislike).
+    The defaults are the MovieLens convention of docs/design.md (>= 4 like, <= 2 dislike).
     """
 
     like: float = 4.0

@@ -1,8 +1,8 @@
 """A synthetic multi-interest world: the embedded default dataset (no network, deterministic).
 
 It produces a `SequenceDataset` whose users have a small set of known latent interests, so that
-multi-interest user towers (Q-Former, CRBR, seed 002 §1.2 / §3) can be checked against ground
-truth, and whose events carry negative feedback (seed 002 §1.3) and long histories (§1.1).
+multi-interest user towers (Q-Former, CRBR; docs/design.md) can be checked against ground
+truth, and whose events carry negative feedback and long histories.
 
 Generative process
 ------------------

@@ -1,4 +1,4 @@
-"""Honest full-ranking evaluation (DESIGN.md §4): every target is ranked against the whole catalogue.
+"""Honest full-ranking evaluation (docs/design.md, "Evaluation protocol"): every target is ranked against the whole catalogue.
 
 No sampled negatives. The metric definitions and the tie rule (lower item id first) are in
 `crbr.eval.metrics`. The evaluator streams users in chunks whose score matrix stays around
@@ -115,7 +115,7 @@ def _dedup_targets(es: EvalSet, n_items: int) -> EvalSet:
 
 
 class Evaluator:
-    """Full-ranking evaluation of a scoring function on an EvalSet (DESIGN.md §4).
+    """Full-ranking evaluation of a scoring function on an EvalSet (docs/design.md, "Evaluation protocol").
 
     ds:           the processed dataset (histories are read from it)
     eval_set:     users, visible history lengths and targets (leave-one-out or temporal split);

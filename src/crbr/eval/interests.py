@@ -1,4 +1,4 @@
-"""Interest coverage: how many of a user's interests a retrieved list touches (seed 002 §3.3).
+"""Interest coverage: how many of a user's interests a retrieved list touches (docs/design.md, CRBR).
 
 coverage@K(u) = |interests(u) ∩ categories(top-K(u))| / |interests(u)|
 

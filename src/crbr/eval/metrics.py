@@ -1,4 +1,4 @@
-"""Full-ranking metric kernels (DESIGN.md §4): exact target ranks, ordered top-K lists, per-user metrics.
+"""Full-ranking metric kernels (docs/design.md, "Evaluation protocol"): exact target ranks, ordered top-K lists, per-user metrics.
 
 Conventions used everywhere in `crbr.eval`:
 

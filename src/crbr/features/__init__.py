@@ -1,4 +1,4 @@
-"""Frozen pretrained item features (DESIGN.md §3 "Item features", seed 002 §3.1).
+"""Frozen pretrained item features (docs/design.md, "Item features").
 
     from crbr.features import item_features
     X = item_features(ds, "text")                 # (ds.n_items + 1, 384) float32, all-MiniLM-L6-v2

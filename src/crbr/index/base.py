@@ -1,6 +1,6 @@
 """The one retrieval interface: an index over item vectors answering top-k inner-product queries.
 
-Every retrieval head in crbr (DESIGN.md §2: "given a batch of users, return top-K
+Every retrieval head in crbr (docs/design.md, "The pipeline": "given a batch of users, return top-K
 (scores, item_ids)") ends in an `ItemIndex`:
 
   index = build_index(vectors, IndexConfig(kind="hnsw"), item_categories=ds)

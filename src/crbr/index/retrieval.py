@@ -1,9 +1,9 @@
 """Retrieval on top of an ItemIndex: the `Retriever` protocol, single- and multi-vector retrieval,
 merging several result lists, and recall against the exact reference.
 
-Single-vector models (SASRec, PinnerFormer, Retrieval A) search once per user vector. A
+Single-vector models (SASRec, PinnerFormer, the Set-Transformer retriever) search once per user vector. A
 multi-vector model (Q-Former tokens: score = max over tokens) or a multi-path one (CRBR beam
-paths, DESIGN.md §3 "ANN per path -> merge & sort") searches each vector and merges: the union of
+paths, docs/design.md, "ANN per path -> merge & sort") searches each vector and merges: the union of
 the per-vector lists, duplicates removed keeping the best score, sorted by score. With an exact
 index and per_vector_k >= k this *is* the exact top-k of max-over-vectors scores: an item in
 that top-k reaches its max at some vector t, and fewer than k items beat it at t.

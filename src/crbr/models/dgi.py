@@ -1,6 +1,6 @@
-"""DGI: differentiable semantic IDs, learned end to end with the generative retriever (seed 003,
-"Differentiable Geometric Indexing for End-to-End Generative Retrieval", arXiv 2603.10409;
-design chapter 3 "DGI"). The two-stage pipeline (RQ-KMeans IDs, then a decoder trained on the
+"""DGI: differentiable semantic IDs, learned end to end with the generative retriever
+("Differentiable Geometric Indexing for End-to-End Generative Retrieval", arXiv 2603.10409;
+docs/design.md, "Generative path"). The two-stage pipeline (RQ-KMeans IDs, then a decoder trained on the
 frozen codes, crbr.models.generative) becomes one model:
 
     item features / ID table --encoder--> e (item's base embedding) --> z = e / |e|
