@@ -4,6 +4,7 @@
     python -m benchmarks generative actions --minutes 15            # MovieLens-1M ratings, leave-5-out
     python -m benchmarks generative control --minutes 10            # the synthetic world
     python -m benchmarks generative dgi --dataset Beauty-text --minutes 25
+    python -m benchmarks generative popularity --dataset Beauty-text     # the popularity floor alone
 
 retrieval: Recall / NDCG at 10 and 50, popularity buckets, unmasked (as generative papers report)
 and masked, and beam width against recall and decoding time for 1024 test users beside SASRec's
@@ -112,7 +113,7 @@ def run_retrieval(a, argv, out: Path) -> list:
                                                  f"train.bf16={str(a.device == 'cuda').lower()}"])
     gen, gres = train(gcfg, ds, split, out / "generative")
     sas, sres = (None, None) if a.no_sasrec else train(scfg, ds, split, out / "sasrec")
-    records, lines = [], []
+    records, lines = popularity_records(a, argv, ds, split, gcfg.eval), []
     for mask in (False, True):
         tag = "masked" if mask else "unmasked"
         gcfg.eval.mask_history = mask
@@ -140,6 +141,31 @@ def run_retrieval(a, argv, out: Path) -> list:
     records.append(beam_sweep(a, argv, ds, split, gen, sas, lines))
     write_report(out, f"generative_retrieval_{a.dataset}", "\n".join(lines))
     return records
+
+
+def popularity_records(a, argv, ds, split, eval_config) -> list:
+    """The most-popular-items baseline (training counts) under the retrieval protocol, unmasked
+    and masked: the floor the generative model must clear."""
+    from crbr.data.dataset import train_item_counts
+    from crbr.eval.setup import build_evaluator
+
+    pop = torch.as_tensor(train_item_counts(ds, split), dtype=torch.float32)
+    out = []
+    for mask in (False, True):
+        eval_config.mask_history = mask
+        ev = build_evaluator(ds, split, "test", eval_config, 1)
+        r = ev.evaluate(lambda b: pop.expand(len(b["items"]), -1))
+        out.append(record(a, argv, a.dataset, "popularity", "masked" if mask else "unmasked", r, {},
+                          "items ranked by their training-event count"))
+    return out
+
+
+def run_popularity(a, argv, out: Path) -> list:
+    from crbr.data.prepare import prepare_with_split
+
+    cfg = generative_config(a, out, "generative")
+    ds, split = prepare_with_split(cfg)
+    return popularity_records(a, argv, ds, split, cfg.eval)
 
 
 def beam_sweep(a, argv, ds, split, gen, sas, lines):
@@ -442,7 +468,7 @@ def run_control(a, argv, out: Path) -> list:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = parser("generative", __doc__)
-    ap.add_argument("mode", choices=["retrieval", "actions", "control", "dgi"])
+    ap.add_argument("mode", choices=["retrieval", "actions", "control", "dgi", "popularity"])
     ap.add_argument("--dataset", default="Beauty-text", choices=sorted(CONFIGS))
     ap.add_argument("--minutes", type=float, default=25.0, help="training cap of every model")
     ap.add_argument("--threads", type=int, default=1)
@@ -461,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(a.threads)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    modes = {"retrieval": run_retrieval, "actions": run_actions, "control": run_control, "dgi": run_dgi}
+    modes = {"retrieval": run_retrieval, "actions": run_actions, "control": run_control, "dgi": run_dgi,
+             "popularity": run_popularity}
     records = modes[a.mode](a, argv, out)
     publish(records, a)
     return 0
