@@ -248,11 +248,12 @@ def run_dgi(a, argv, out: Path) -> list:
     ds, split = prepare_with_split(gcfg)
     gcfg.model["semantic_ids"] = semantic_ids(ds, out, "text", a.seed)
     cfgs = {}
-    for name, extra in DGI_VARIANTS.items():
+    for name, extra in ((n, DGI_VARIANTS[n]) for n in a.dgi_variants):
         cfg = generative_config(a, out, name, ["model.name=dgi", f"model.anneal_steps={a.anneal_steps}", *extra])
         cfg.model.pop("semantic_ids", None)
         cfgs[name] = cfg
-    cfgs["two_stage"] = gcfg
+    if not a.no_two_stage:
+        cfgs["two_stage"] = gcfg
     records, lines = [], ["| model | Recall@10 | NDCG@10 | HR@10 by item bucket | HR@10 by target bucket | train s |",
                           "|---|---|---|---|---|---|"]
     for name, cfg in cfgs.items():
@@ -480,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="overrides of the generative configs (retrieval, actions, dgi), e.g. model.n_layers=2")
     ap.add_argument("--variants", nargs="+", default=list(ACTION_VARIANTS), choices=list(ACTION_VARIANTS),
                     help="actions: the model and its ablations, each trained with the same cap")
+    ap.add_argument("--dgi-variants", nargs="+", default=list(DGI_VARIANTS), choices=list(DGI_VARIANTS),
+                    help="dgi: which learned-ID models to train (run them in parallel processes, then once more "
+                         "with all of them to compare them with --no-two-stage left off)")
+    ap.add_argument("--no-two-stage", action="store_true", help="dgi: do not evaluate the two-stage run")
     ap.add_argument("--anneal-steps", type=int, default=2000, help="dgi: Gumbel temperature annealing steps")
     add_output_args(ap, "generative")
     add_data_arg(ap)

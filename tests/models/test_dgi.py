@@ -248,3 +248,27 @@ def test_it_trains_through_the_training_loop_with_the_loss_falling(tmp_path):
     assert losses[-1] < 0.8 * losses[0], losses
     assert all("grad_encoder_norm" in row and "grad_encoder_norm_sq" in row for row in res.history)
     assert not m.ids_stale()  # the final weights' IDs
+
+
+def test_reconstruction_targets_the_frozen_features_so_a_collapsed_encoder_pays(world):
+    """recon_target="features" decodes the summed soft codes back to the encoder's frozen input
+    features: an encoder that maps every item to one vector leaves a positive reconstruction loss
+    (with recon_target="encoder" that collapse is free); the gradient reaches the decoder and the
+    encoder."""
+    ds, split = world
+    only_recon = {**NTP_ONLY, "recon_weight": 1.0, "codebook_weight": 0.0}
+    for target in ("features", "encoder"):
+        m = tiny_model((ds, split), recon_target=target, **only_recon)
+        assert (m.recon_decoder is not None) == (target == "features")
+        b = a_batch((ds, split), m)
+        if target == "features":
+            m.train()
+            m.zero_grad()
+            m.loss(b).loss.backward()
+            assert m.recon_decoder.weight.grad.abs().sum() > 0
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.encoder.parameters())
+    m = tiny_model((ds, split), recon_target="features", **only_recon).train()
+    with torch.no_grad():  # collapse the encoder: every item's e is the last layer's bias
+        m.encoder[-1].weight.zero_()
+    logs = m.loss(a_batch((ds, split), m)).logs
+    assert float(logs["recon"]) > 0.05

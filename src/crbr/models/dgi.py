@@ -31,12 +31,13 @@ training steps (through the training loop's after_backward), or by `refresh_ids(
 follows the table. `export_ids()` gives (codes, disambiguation) for
 crbr.semantic_ids.SemanticIDs.from_codes.
 
-Losses (weights are settings): next-token cross-entropy over the code levels (the mean over
-levels, as the generative model) + action_weight x action CE + recon_weight x (1 - cos(sum of
-the soft codes, e)) + codebook_weight x (|sg(r) - c_k|^2 + commitment |r - sg(c_k)|^2, per
-level) + contrastive_weight x InfoNCE(decoder state before an event's codes, that item's e; the
-batch's other items are the negatives) + diversity_weight x (1 - H(mean code usage)/log K, per
-level).
+Losses (weights are settings): next-token cross-entropy over the code levels (the mean over levels,
+as the generative model) + action_weight x action CE + recon_weight x (1 - cos(a linear decoding of
+the sum of the soft codes, the item's frozen input features); with recon_target="encoder" 1 -
+cos(sum of the soft codes, e), which an encoder that maps every item alike satisfies trivially, so
+the IDs collapse) + codebook_weight x (|sg(r) - c_k|^2 + commitment |r - sg(c_k)|^2, per level) +
+contrastive_weight x InfoNCE(decoder state before an event's codes, that item's e; the batch's other
+items are the negatives) + diversity_weight x (1 - H(mean code usage)/log K, per level).
 
 Ablations: soft=False: straight-through estimator (the decoder reads the hard code vector,
 its gradient copied to the pre-quantization residual; residuals use the detached hard codes),
@@ -83,10 +84,15 @@ class DGIConfig(GenerativeConfig):
     anneal_steps: int = 10_000  # ... over this many training steps (0 = tau_start throughout)
     gumbel_scale: float = 1.0  # scale of the Gumbel noise in training (0 = plain softmax)
     recon_weight: float = 1.0
+    # what the summed soft codes reconstruct: "features" = the frozen input features, through a
+    # linear decoder (anchors the IDs to the items' content); "encoder" = the encoder's own output
+    # e, which the encoder can make trivially easy by mapping every item alike (IDs collapse)
+    recon_target: str = "features"
     codebook_weight: float = 1.0
     commitment: float = 0.25  # the commitment term's weight inside the local (codebook) loss
-    contrastive_weight: float = 0.1
-    diversity_weight: float = 0.1
+    # both at 1: at 0.1 the level-1 codes of Beauty's items collapsed onto one code in training
+    contrastive_weight: float = 1.0
+    diversity_weight: float = 1.0
     kmeans_init_iters: int = 10  # k-means over the initial encoder's residuals initialises the codebooks (0 = random)
     refresh_every: int = 200  # training steps between recomputations of the ID table (0 = only on eval)
 
@@ -98,6 +104,8 @@ class DGIConfig(GenerativeConfig):
                              f"{self.codebook_sizes}, {self.disambiguation}")
         if not self.item_features and not self.id_embedding:
             raise ValueError("dgi: set item_features (the encoder's input) or id_embedding=true")
+        if self.recon_target not in ("features", "encoder"):
+            raise ValueError(f"dgi: recon_target must be 'features' or 'encoder', got {self.recon_target!r}")
         if not 0 < self.tau_end <= self.tau_start or self.gamma_init <= 0 or self.gumbel_scale < 0:
             raise ValueError("dgi: need 0 < tau_end <= tau_start, gamma_init > 0, gumbel_scale >= 0")
         weights = (self.recon_weight, self.codebook_weight, self.commitment, self.contrastive_weight,
@@ -246,6 +254,8 @@ class DGI(GenerativeRetriever):
         if has_features:
             self.encoder = (nn.Sequential(nn.Linear(c.feature_dim, H), nn.GELU(), nn.Linear(H, D)) if H > 0
                             else nn.Linear(c.feature_dim, D))
+        self.recon_decoder = (nn.Linear(D, c.feature_dim) if has_features and c.recon_target == "features"
+                              else None)
         self.id_table = nn.Embedding(c.n_items + 1, D) if c.id_embedding else None
         if self.id_table is not None:
             nn.init.normal_(self.id_table.weight, std=1 / math.sqrt(D))
@@ -469,7 +479,11 @@ class DGI(GenerativeRetriever):
         act_in = h[:, :, c.levels] if e_final is None else torch.cat([h[:, :, c.levels], e_final], -1)
         act_loss = F.cross_entropy(self.action_head(act_in[real]), actions[real])
         item = uniq > 0
-        recon = (1 - F.cosine_similarity(q.recon[item], q.e[item].float(), dim=-1)).mean()
+        if self.recon_decoder is not None:  # the frozen features the encoder read
+            target, got = self.item_inputs[uniq[item]].float(), self.recon_decoder(q.recon[item])
+        else:
+            target, got = q.e[item].float(), q.recon[item]
+        recon = (1 - F.cosine_similarity(got, target, dim=-1)).mean()
         local = q.local[item].mean()
         contrastive = self.contrastive(h[:, :, 0][real], q.e, uniq, inv[real])
         diversity = torch.stack([1 - entropy(p[item].mean(0)) / math.log(p.shape[-1]) for p in q.probs]).mean()
