@@ -330,7 +330,8 @@ def logistic(x_train, y_train, x_test) -> np.ndarray:
         return (torch.tensor(x_test, dtype=torch.float64) @ w[1:] + w[0]).numpy()
 
 
-ACTION_VARIANTS = {"full": [], "no_action_input": ["model.action_input=false"], "no_residual": ["model.residual=false"]}
+ACTION_VARIANTS = {"full": [], "no_action_input": ["model.action_input=false"], "no_residual": ["model.residual=false"],
+                   "no_action_input_no_residual": ["model.action_input=false", "model.residual=false"]}
 
 
 def propensities(gen, ds, es, users: np.ndarray) -> np.ndarray:
@@ -479,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="overrides of the generative configs (retrieval, actions, dgi), e.g. model.n_layers=2")
-    ap.add_argument("--variants", nargs="+", default=list(ACTION_VARIANTS), choices=list(ACTION_VARIANTS),
+    ap.add_argument("--variants", nargs="+", default=["full", "no_action_input_no_residual"], choices=list(ACTION_VARIANTS),
                     help="actions: the model and its ablations, each trained with the same cap")
     ap.add_argument("--dgi-variants", nargs="+", default=list(DGI_VARIANTS), choices=list(DGI_VARIANTS),
                     help="dgi: which learned-ID models to train (run them in parallel processes, then once more "
