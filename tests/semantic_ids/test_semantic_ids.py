@@ -15,7 +15,7 @@ from crbr.semantic_ids import (RQKMeansConfig, SemanticIDs, build_semantic_ids, 
                                health_report, reassign_collisions, tokenize)
 from crbr.semantic_ids.health import (anisotropy, nmi, purity, category_agreement, gini, k_occurrence, prefix_lift, spearman,
                                       usage_stats)
-from crbr.semantic_ids.rqkmeans import all_distances, balanced_assign
+from crbr.semantic_ids.rqkmeans import RQKMeans, all_distances, balanced_assign
 
 
 def planted(n=3000, k=12, d=24, seed=0):
@@ -158,3 +158,13 @@ def test_rqvae_trains_through_the_generic_loop_and_finds_planted_clusters(tmp_pa
     runs = list(tmp_path.glob("*.rqvae/checkpoints/best.safetensors"))
     assert runs, "the loop wrote its checkpoints"
     assert collision_stats(sid.tokens()[1:])["collision_rate"] == 0.0
+
+
+def test_fit_shows_a_bar_over_the_levels_only_when_asked(capsys):
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    cfg = RQKMeansConfig(levels=2, codebook_size=4, seed=0)
+    quiet = RQKMeans(cfg).fit(x).codebooks
+    assert "RQ-KMeans levels" not in capsys.readouterr().err
+    loud = RQKMeans(cfg).fit(x, progress=True).codebooks
+    assert "RQ-KMeans levels" in capsys.readouterr().err
+    assert all(np.array_equal(a, b) for a, b in zip(quiet, loud))

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +62,8 @@ def cmd_build(args) -> int:
         cfg = RQKMeansConfig(levels=args.levels, codebook_size=sizes, balanced=args.balanced, n_redo=args.restarts,
                              seed=args.seed)
     t0 = time.perf_counter()
-    sid = build_semantic_ids(ds, args.features, cfg, reassign=args.reassign, seed=args.seed)
+    sid = build_semantic_ids(ds, args.features, cfg, reassign=args.reassign, seed=args.seed,
+                             progress=sys.stderr.isatty())  # bars on a terminal only
     sid.save(args.out)
     ids = id_health(sid)
     print(f"semantic IDs of {ds.n_items:,} items ({args.features}): {sid.n_levels} levels of {sid.sizes}, "

@@ -40,12 +40,13 @@ def fill_empty_rows(x: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
     return x, int(zero.sum())
 
 
-def tokenize(x: np.ndarray, config: RQKMeansConfig, reassign: bool = False) -> tuple[np.ndarray, RQKMeans, dict]:
+def tokenize(x: np.ndarray, config: RQKMeansConfig, reassign: bool = False,
+             progress: bool = False) -> tuple[np.ndarray, RQKMeans, dict]:
     """Codes (N, L) of the rows of x, the fitted tokenizer, and collision statistics (before and
     after the optional last-level re-assignment)."""
     from .ids import collision_stats
 
-    tok = RQKMeans(config).fit(x)
+    tok = RQKMeans(config).fit(x, progress=progress)
     codes, residuals = tok.encode_with_residuals(x)
     stats = {f"{k}_tokenizer": v for k, v in collision_stats(codes).items()}
     if reassign:
@@ -77,10 +78,12 @@ def tokenize_rqvae(x: np.ndarray, config: "RQVAEConfig", run_dir: Path, seed: in
 
 
 def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: "RQKMeansConfig | RQVAEConfig | None" = None,
-                       reassign: bool = False, cache_dir: str | Path | None = None, seed: int = 0) -> SemanticIDs:
+                       reassign: bool = False, cache_dir: str | Path | None = None, seed: int = 0,
+                       progress: bool = False) -> SemanticIDs:
     """Semantic IDs of every item of `ds` from `features` (a crbr.features spec or an
     (n_items + 1, D) matrix with padding row 0), by RQ-KMeans (an RQKMeansConfig, the default)
-    or an RQ-VAE (an RQVAEConfig; `reassign` applies to RQ-KMeans only)."""
+    or an RQ-VAE (an RQVAEConfig; `reassign` applies to RQ-KMeans only). `progress` shows bars
+    while the features are encoded and the levels are clustered."""
     from .rqvae import RQVAEConfig
 
     from ..data.prepare import default_cache_dir
@@ -88,7 +91,8 @@ def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: 
 
     config = config or RQKMeansConfig()
     source = features if isinstance(features, str) else "matrix"
-    X = item_features(ds, features) if isinstance(features, str) else np.asarray(features, dtype=np.float32)
+    X = (item_features(ds, features, progress=progress) if isinstance(features, str)
+         else np.asarray(features, dtype=np.float32))
     if X.shape[0] != ds.n_items + 1:
         raise ValueError(f"features: expected {ds.n_items + 1} rows (padding row 0 + one per item), got {X.shape[0]}")
     x, n_empty = fill_empty_rows(X[1:], seed)
@@ -106,7 +110,7 @@ def build_semantic_ids(ds: SequenceDataset, features: str | np.ndarray, config: 
         sizes, codebooks = [config.codebook_size] * config.levels, None
         meta.update(tokenizer="rq-vae", reconstruction_error=stats.pop("reconstruction_error"))
     else:
-        codes, tok, stats = tokenize(x, config, reassign)
+        codes, tok, stats = tokenize(x, config, reassign, progress=progress)
         sizes, codebooks = config.sizes, tok.codebooks
         meta.update(tokenizer="rq-kmeans", reassign=reassign,
                     residual_per_level=[dataclasses.asdict(s) for s in tok.stats])

@@ -159,11 +159,14 @@ class RQKMeans:
             x = x / norm
         return x
 
-    def fit(self, x: np.ndarray) -> "RQKMeans":
-        """Learn the L codebooks on x (N, D); returns self."""
+    def fit(self, x: np.ndarray, progress: bool = False) -> "RQKMeans":
+        """Learn the L codebooks on x (N, D); returns self. `progress`: a bar over the levels."""
+        from tqdm.auto import tqdm
+
         r = self.prepare(x)
         self.codebooks, self.stats = [], []
-        for level, k in enumerate(self.config.sizes):
+        sizes = list(enumerate(self.config.sizes))
+        for level, k in tqdm(sizes, desc="RQ-KMeans levels", unit="level", disable=not progress):
             seed = self.config.seed + 1000 * level
             if self.config.balanced:
                 cent, codes = balanced_kmeans(r, k, self.config, seed)
