@@ -88,13 +88,17 @@ def train(cfg, ds, split, run_dir: Path, reuse: bool = True):
 
 
 def record(a, argv, dataset, model, variant, res, timings, notes="", config=None):
-    from crbr.results import Protocol, ResultRecord, machine_info
+    import json
+
+    from crbr.results import Protocol, ResultRecord, machine_info, portable
+
+    config = json.loads(portable(json.dumps(config or {}), ROOT))  # no machine paths (data.root)
 
     return ResultRecord(
         suite="generative", dataset=dataset, model=model, variant=with_tag(variant, a.tag),
         protocol=Protocol.from_line(res.protocol) if res is not None and hasattr(res, "protocol") else
         Protocol(line=notes or "see notes"),
-        config=config or {}, command=command_line("generative", argv), code_version=code_version(),
+        config=config, command=command_line("generative", argv), code_version=code_version(),
         machine=machine_info(a.threads), seeds=[a.seed],
         metrics=dict(res.metrics) if res is not None and hasattr(res, "metrics") else dict(res or {}),
         timings=timings, date=dt.date.today().isoformat(), notes=notes)
@@ -417,7 +421,8 @@ def run_actions(a, argv, out: Path) -> list:
         metrics[f"{pre}like_vs_dislike_auc_user_grouped"] = grouped_auc(users[keep], score[keep], lab[keep])
         for ai, n in enumerate(names[1:], 1):
             y = actions == ai
-            metrics[f"{pre}auc_{n}"] = auc(probs[y, ai], probs[~y, ai])
+            if y.any() and (~y).any():  # an action no held-out event has gets no AUC
+                metrics[f"{pre}auc_{n}"] = auc(probs[y, ai], probs[~y, ai])
         for key in ("Recall@10", "NDCG@10"):
             if gres.get("test") and key in gres["test"]:
                 metrics[f"{pre}{key}"] = float(gres["test"][key])
