@@ -427,13 +427,14 @@ class GenerativeRetriever(Recommender):
         counts = trie.allowed_counts(allowed) if allowed is not None else None
         nodes = ctx.last.new_zeros(n, 1, dtype=torch.long)  # the root
         scores = ctx.last.new_zeros(n, 1)
-        gen = nodes.new_zeros(n, 1, 0)
+        code = nodes  # (n, b) each beam's newest code
         own = None  # per layer, the beams' keys / values of their codes so far
+        last = len(self.code_heads) - 1
         for j, head in enumerate(self.code_heads):
             if j == 0:
                 h = ctx.last[:, None]  # (n, 1, D)
             else:
-                h, own = self.extend(ctx, gen[..., -1:], j - 1, own)  # only the newest code runs
+                h, own = self.extend(ctx, code[..., None], j - 1, own)  # only the newest code runs
                 h = h[:, :, -1]  # (n, b, D)
             logp = F.log_softmax(head(h).float(), -1)  # (n, b, K)
             child = trie.child(j, nodes)  # (n, b, K)
@@ -444,8 +445,7 @@ class GenerativeRetriever(Recommender):
             top = cand.topk(min(width, cand.shape[1]), dim=1)
             parent, code = top.indices // logp.shape[-1], top.indices % logp.shape[-1]
             scores, nodes = top.values, child.reshape(n, -1).gather(1, top.indices)
-            gen = torch.cat([gen.gather(1, parent[..., None].expand(-1, -1, j)), code[..., None]], 2)
-            if own is not None:  # each kept beam takes its parent's cache
+            if own is not None and j < last:  # each kept beam takes its parent's cache
                 idx = parent[:, :, None, None, None]
                 own = [tuple(t.gather(1, idx.expand(-1, -1, *t.shape[2:])) for t in kv) for kv in own]
         return torch.where(torch.isneginf(scores), torch.zeros_like(nodes), nodes), scores
