@@ -99,13 +99,11 @@ def call_options(pairs: list[str], allowed: "tuple[str, ...] | list[str]", owner
                  option: str = "--rank-option") -> dict[str, Any]:
     """NAME=VALUE strings (values parsed as YAML) -> {name: value}, every name one of `allowed`
     (what `owner` declares it accepts), else an error naming the option and the allowed names."""
-    out = apply_overrides({}, [p for p in pairs if "." not in p.split("=", 1)[0]]) if pairs else {}
     for p in pairs:
-        name = p.split("=", 1)[0].strip()
-        if "=" not in p or "." in name or name not in allowed:
+        if "=" not in p or p.split("=", 1)[0].strip() not in allowed:
             names = ", ".join(allowed) if allowed else "none"
             raise ValueError(f"{option} {p!r}: {owner} accepts {names} (as NAME=VALUE)")
-    return out
+    return apply_overrides({}, pairs)  # names are plain (no dots): one level
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -264,6 +264,7 @@ class Evaluator:
         scores, or its own top-K lists. `scope` (I,) bool ranks only those items (named in the
         protocol line); `options` are the model's inference settings."""
         dev = torch.device(device) if device is not None else next(model.parameters()).device
+        scope = self._check_scope(scope)
 
         def on_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             return {k: v.to(dev) for k, v in batch.items()}
@@ -272,7 +273,7 @@ class Evaluator:
             # always fp32: bf16 scores would create ties that the ranking then breaks by item id
             return self.evaluate(lambda b: model.score(on_device(b), **options).float(), export=export, scope=scope)
         desc = "the model's top-K" + "".join(f", {k} {v}" for k, v in sorted(options.items()))
-        within = None if scope is None else self._check_scope(scope).to(dev)
+        within = None if scope is None else scope.to(dev)
         return self.evaluate_ranked(lambda b, k, ex: model.rank(on_device(b), k, exclude=ex, scope=within,
                                                                 **options).to("cpu"),
                                     export=export, ranking=desc, scope=scope)

@@ -426,8 +426,8 @@ def rank_options(model, args, ds=None) -> dict:
     the dataset `ds` as well as an id."""
     from ..settings import call_options
 
-    pairs = list(getattr(args, "rank_option", None) or [])
-    if getattr(args, "control", None):
+    pairs = list(args.rank_option or [])
+    if args.control:
         pairs.append(f"control={args.control}")
     opts = call_options(pairs, model.rank_options, f"model {model.model_name!r}")
     if "control" in opts:
