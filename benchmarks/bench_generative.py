@@ -232,7 +232,7 @@ def run_beams(a, argv, out: Path) -> list:
 DGI_VARIANTS = {"dgi": [], "dgi_ste": ["model.soft=false"]}
 
 
-def target_buckets(ev, ds, split, topk: np.ndarray, n: int = 5) -> list[float]:
+def target_buckets(ds, split, topk: np.ndarray, n: int = 5) -> list[float]:
     """HR@10 in n buckets of equal numbers of test targets, head -> tail by training popularity
     (the evaluator's buckets hold equal numbers of items, so its tail bucket has few targets)."""
     from crbr.data.dataset import train_item_counts
@@ -248,7 +248,7 @@ def target_buckets(ev, ds, split, topk: np.ndarray, n: int = 5) -> list[float]:
     return [float(np.mean(np.asarray(hits)[part])) for part in np.array_split(order, n)]
 
 
-def id_health(model, ds, split) -> dict[str, float]:
+def ids_health_metrics(model, ds, split) -> dict[str, float]:
     from crbr.models.dgi import DGI
     from crbr.semantic_ids import SemanticIDs
     from crbr.semantic_ids.health import health_report
@@ -291,12 +291,12 @@ def run_dgi(a, argv, out: Path) -> list:
         t0 = time.perf_counter()
         r = ev.evaluate_model(model, export=True)
         metrics = dict(r.metrics)
-        tb = target_buckets(ev, ds, split, r.topk_items)
+        tb = target_buckets(ds, split, r.topk_items)
         metrics.update({f"HR@10_item_bucket{i + 1}": h for i, h in enumerate(r.bucket_hr10)})
         metrics.update({f"HR@10_target_bucket{i + 1}": h for i, h in enumerate(tb)})
         if name != "two_stage":
             metrics.update(grad_variance(out / name))
-        metrics.update({f"ids_{k}": v for k, v in id_health(model, ds, split).items()})
+        metrics.update({f"ids_{k}": v for k, v in ids_health_metrics(model, ds, split).items()})
         records.append(record(a, argv, a.dataset, "dgi" if name != "two_stage" else "generative", name, r,
                               {"train_s": res["train_seconds"], "epochs": res["epochs_run"],
                                "test_decode_s": time.perf_counter() - t0},
